@@ -1,0 +1,348 @@
+//! Synchronous access to the redb file: the writer thread's transactions and the readers'
+//! snapshots. Async code calls the read side through `tokio::task::spawn_blocking`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const PENDING: TableDefinition<u64, ()> = TableDefinition::new("pending");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const NEXT_SEQ: &str = "next_seq";
+const DROPPED: &str = "dropped";
+
+/// Why the buffer could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("buffer file {path}: cannot create its directory: {source}; check that the service user may write there (StateDirectory=)")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("buffer file {path}: {source}; if another edge-agent uses it, stop that one, else check the file's permissions")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("buffer file: {0}; the disk may be full or failing, check `df` and the kernel log")]
+    Storage(#[from] redb::StorageError),
+    #[error("buffer file: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("buffer file: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("buffer file: commit failed: {0}; the disk may be full, check `df`")]
+    Commit(#[from] redb::CommitError),
+    #[error("buffer row {seq} is damaged ({len} bytes); it is skipped")]
+    Corrupt { seq: u64, len: usize },
+}
+
+/// One event waiting for upstream.
+#[derive(Debug, Clone)]
+pub struct PendingRow {
+    pub seq: u64,
+    pub observed_ms: u64,
+    /// The CBOR envelope.
+    pub cbor: Vec<u8>,
+}
+
+/// Counts for status and `inspect`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BufferStats {
+    /// Events not yet acknowledged by upstream.
+    pub backlog: u64,
+    /// Events stored in all (pending and delivered kept for replay).
+    pub stored: u64,
+    /// observed_at of the oldest pending event, ms since the Unix epoch.
+    pub oldest_pending_ms: Option<u64>,
+    /// seq of the oldest and newest stored events.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Events deleted before delivery, ever.
+    pub dropped: u64,
+    /// Size of the buffer file in bytes.
+    pub file_bytes: u64,
+}
+
+/// The open buffer file. Cloning shares it.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+/// Splits a stored value into its observed_at and CBOR parts.
+fn split_value(seq: u64, v: &[u8]) -> Result<(u64, &[u8]), StoreError> {
+    if v.len() < 8 {
+        return Err(StoreError::Corrupt { seq, len: v.len() });
+    }
+    let (ts, cbor) = v.split_at(8);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(ts);
+    Ok((u64::from_be_bytes(b), cbor))
+}
+
+impl Store {
+    /// Opens (or creates) the buffer file and its tables.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = Database::create(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(EVENTS)?;
+            txn.open_table(PENDING)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        Ok(Store {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The seq the next stored event gets.
+    pub fn next_seq(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(NEXT_SEQ)?.map(|g| g.value()).unwrap_or(1))
+    }
+
+    /// Commits appended events and upstream acknowledgements in one durable transaction.
+    pub fn commit(
+        &self,
+        events: &[(u64, u64, Vec<u8>)],
+        acked: &[u64],
+        next_seq: u64,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut ev = txn.open_table(EVENTS)?;
+            let mut pending = txn.open_table(PENDING)?;
+            let mut value = Vec::new();
+            for (seq, observed_ms, cbor) in events {
+                value.clear();
+                value.extend_from_slice(&observed_ms.to_be_bytes());
+                value.extend_from_slice(cbor);
+                ev.insert(*seq, value.as_slice())?;
+                pending.insert(*seq, ())?;
+            }
+            for seq in acked {
+                pending.remove(*seq)?;
+            }
+            if !events.is_empty() {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(NEXT_SEQ, next_seq)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Deletes delivered events observed before `cutoff_ms`, at most `limit` of them, oldest
+    /// first. Returns how many were deleted.
+    pub fn prune_delivered(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write()?;
+        let mut deleted = 0;
+        {
+            let mut ev = txn.open_table(EVENTS)?;
+            let pending = txn.open_table(PENDING)?;
+            let mut doomed = Vec::new();
+            for row in ev.range::<u64>(..)? {
+                let (k, v) = row?;
+                let seq = k.value();
+                let observed = split_value(seq, v.value()).map(|(t, _)| t).unwrap_or(0);
+                if observed >= cutoff_ms || doomed.len() >= limit {
+                    break;
+                }
+                if pending.get(seq)?.is_none() {
+                    doomed.push(seq);
+                }
+            }
+            for seq in doomed {
+                ev.remove(seq)?;
+                deleted += 1;
+            }
+        }
+        txn.commit()?;
+        Ok(deleted)
+    }
+
+    /// Up to `limit` pending events with seq above `after`, in seq order.
+    pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let pending = txn.open_table(PENDING)?;
+        let ev = txn.open_table(EVENTS)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for row in pending.range((after + 1)..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let seq = row?.0.value();
+            let Some(v) = ev.get(seq)? else { continue };
+            match split_value(seq, v.value()) {
+                Ok((observed_ms, cbor)) => out.push(PendingRow {
+                    seq,
+                    observed_ms,
+                    cbor: cbor.to_vec(),
+                }),
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Counts for status; cheap (no scan).
+    pub fn stats(&self) -> Result<BufferStats, StoreError> {
+        stats_of(self.db.as_ref(), &self.path)
+    }
+
+    /// Up to `limit` stored events (pending or not) in seq order, from seq `from`.
+    pub fn events_from(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let ev = txn.open_table(EVENTS)?;
+        let mut out = Vec::new();
+        for row in ev.range(from..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let seq = k.value();
+            if let Ok((t, cbor)) = split_value(seq, v.value()) {
+                out.push((seq, t, cbor.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn stats_of(db: &impl ReadableDatabase, path: &Path) -> Result<BufferStats, StoreError> {
+    let txn = db.begin_read()?;
+    let pending = txn.open_table(PENDING)?;
+    let ev = txn.open_table(EVENTS)?;
+    let meta = txn.open_table(META)?;
+    let oldest_pending_ms = match pending.first()? {
+        Some((k, _)) => {
+            let seq = k.value();
+            ev.get(seq)?
+                .and_then(|v| split_value(seq, v.value()).ok().map(|(t, _)| t))
+        }
+        None => None,
+    };
+    let first_seq = ev.first()?.map(|(k, _)| k.value());
+    let last_seq = ev.last()?.map(|(k, _)| k.value());
+    let dropped = meta.get(DROPPED)?.map(|g| g.value()).unwrap_or(0);
+    Ok(BufferStats {
+        backlog: pending.len()?,
+        stored: ev.len()?,
+        oldest_pending_ms,
+        first_seq,
+        last_seq,
+        dropped,
+        file_bytes: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
+    })
+}
+
+/// What `edge-agent inspect` shows of a stopped agent's buffer file.
+pub struct Inspection {
+    pub stats: BufferStats,
+    /// The oldest and newest few stored events: (seq, pending, CBOR envelope).
+    pub sample: Vec<(u64, bool, Vec<u8>)>,
+}
+
+/// Opens a buffer file read-only (the agent must be stopped) and reads counts and a sample.
+pub fn inspect(path: &Path, sample: usize) -> Result<Inspection, StoreError> {
+    let db = redb::ReadOnlyDatabase::open(path).map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stats = stats_of(&db, path)?;
+    let txn = db.begin_read()?;
+    let ev = txn.open_table(EVENTS)?;
+    let pending = txn.open_table(PENDING)?;
+    let mut out = Vec::new();
+    let mut push = |seq: u64, v: &[u8]| -> Result<(), StoreError> {
+        if let Ok((_, cbor)) = split_value(seq, v) {
+            out.push((seq, pending.get(seq)?.is_some(), cbor.to_vec()));
+        }
+        Ok(())
+    };
+    let half = sample.div_ceil(2);
+    let mut seen = std::collections::BTreeSet::new();
+    for row in ev.range::<u64>(..)?.take(half) {
+        let (k, v) = row?;
+        seen.insert(k.value());
+        push(k.value(), v.value())?;
+    }
+    let mut tail = Vec::new();
+    for row in ev.range::<u64>(..)?.rev().take(sample - half) {
+        let (k, v) = row?;
+        if !seen.contains(&k.value()) {
+            tail.push((k.value(), v.value().to_vec()));
+        }
+    }
+    for (seq, v) in tail.into_iter().rev() {
+        push(seq, &v)?;
+    }
+    Ok(Inspection { stats, sample: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = Store::open(&dir.path().join("sub/buffer.redb")).unwrap_or_else(|e| panic!("{e}"));
+        (dir, s)
+    }
+
+    #[test]
+    fn appended_events_are_pending_until_acked_and_survive_reopen() {
+        let (dir, s) = store();
+        let rows: Vec<_> = (1..=5).map(|i| (i, 1000 + i, vec![i as u8; 3])).collect();
+        s.commit(&rows, &[], 6).unwrap_or_else(|e| panic!("{e}"));
+        s.commit(&[], &[1, 3], 6).unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<u64> = s
+            .pending_after(0, 10)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(got, vec![2, 4, 5]);
+        drop(s);
+        let s = Store::open(&dir.path().join("sub/buffer.redb")).unwrap_or_else(|e| panic!("{e}"));
+        let st = s.stats().unwrap_or_default();
+        assert_eq!((st.backlog, st.stored, st.oldest_pending_ms), (3, 5, Some(1002)));
+        assert_eq!(s.next_seq().ok(), Some(6));
+        assert_eq!(s.pending_after(2, 1).unwrap_or_default()[0].cbor, vec![4, 4, 4]);
+    }
+
+    #[test]
+    fn pruning_deletes_only_old_delivered_events() {
+        let (_dir, s) = store();
+        let rows: Vec<_> = (1..=4).map(|i| (i, i * 10, vec![0])).collect();
+        s.commit(&rows, &[], 5).unwrap_or_else(|e| panic!("{e}"));
+        s.commit(&[], &[1, 2, 4], 5).unwrap_or_else(|e| panic!("{e}"));
+        // 1 and 2 delivered and old; 3 pending; 4 delivered but newer than the cutoff.
+        assert_eq!(s.prune_delivered(35, 100).ok(), Some(2));
+        let seqs: Vec<u64> = s.events_from(0, 10).unwrap_or_default().iter().map(|r| r.0).collect();
+        assert_eq!(seqs, vec![3, 4]);
+    }
+}

@@ -1,0 +1,815 @@
+//! The configuration file (CONTRACT section 2): types, loading and validation.
+//!
+//! Loading layers the TOML file and `EDGE_AGENT__SECTION__KEY` environment variables (the
+//! `config` crate), then reads each section and each source on its own so that one bad key does
+//! not hide the others: every problem is collected and reported at once, each naming its key.
+
+mod units;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edge_protocol::Role;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+pub use units::{ByteSize, Span};
+
+/// The whole agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub site: Site,
+    pub storage: Storage,
+    pub upstream: Upstream,
+    pub stations: Vec<Station>,
+    pub sources: Sources,
+    pub control: Control,
+}
+
+/// `[site]`: who this agent is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// `[a-z0-9-]{1,64}`; part of every topic and event.
+    pub id: String,
+}
+
+/// What to do when the buffer reaches `storage.max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Delete the oldest undelivered events to make room (each counted as dropped).
+    DropOldest,
+    /// Stop taking readings: MQTT devices are not acknowledged, serial readings are counted as dropped.
+    RejectNew,
+}
+
+/// `[storage]`: the redb buffer file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// The buffer file; default `$STATE_DIRECTORY/buffer.redb`, else `./data/buffer.redb`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Capacity of the buffer file.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: ByteSize,
+    /// `drop_oldest` or `reject_new`.
+    #[serde(default = "defaults::on_full")]
+    pub on_full: OnFull,
+    /// How long delivered events are kept for replay.
+    #[serde(default = "defaults::retain_delivered")]
+    pub retain_delivered: Span,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            path: None,
+            max_bytes: defaults::max_bytes(),
+            on_full: defaults::on_full(),
+            retain_delivered: defaults::retain_delivered(),
+        }
+    }
+}
+
+impl Storage {
+    /// The buffer file path with the documented default applied.
+    pub fn resolved_path(&self) -> PathBuf {
+        if let Some(p) = &self.path {
+            return p.clone();
+        }
+        match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may pass several directories separated by ':'; the first is ours.
+            Some(dirs) if !dirs.is_empty() => {
+                let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_string();
+                PathBuf::from(first).join("buffer.redb")
+            }
+            _ => PathBuf::from("./data/buffer.redb"),
+        }
+    }
+}
+
+/// Upstream event encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Cbor,
+    Json,
+}
+
+/// `[upstream]`: the central ERP integration broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `mqtt://host:port`.
+    pub url: String,
+    /// First topic level of everything the agent publishes.
+    #[serde(default = "defaults::topic_prefix")]
+    pub topic_prefix: String,
+    /// `cbor` (default) or `json`.
+    #[serde(default = "defaults::format")]
+    pub format: Format,
+    /// Events published and not yet acknowledged (PUBACK) at most.
+    #[serde(default = "defaults::max_inflight")]
+    pub max_inflight: u16,
+    /// Events per second at most while draining a backlog.
+    #[serde(default = "defaults::replay_rate")]
+    pub replay_rate: u32,
+    /// MQTT client id; default `edge-agent-{site.id}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// MQTT keep-alive interval.
+    #[serde(default = "defaults::keep_alive")]
+    pub keep_alive: Span,
+}
+
+/// `[[stations]]`: a place where devices are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Station {
+    pub id: String,
+    pub role: Role,
+}
+
+/// Device formats (CONTRACT section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum DecoderName {
+    #[serde(rename = "barcode")]
+    Barcode,
+    #[serde(rename = "scale.mt_sics")]
+    ScaleMtSics,
+    #[serde(rename = "scale.toledo")]
+    ScaleToledo,
+    #[serde(rename = "scale.ascii")]
+    ScaleAscii,
+    #[serde(rename = "json")]
+    Json,
+    #[serde(rename = "delimited")]
+    Delimited,
+}
+
+impl DecoderName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecoderName::Barcode => "barcode",
+            DecoderName::ScaleMtSics => "scale.mt_sics",
+            DecoderName::ScaleToledo => "scale.toledo",
+            DecoderName::ScaleAscii => "scale.ascii",
+            DecoderName::Json => "json",
+            DecoderName::Delimited => "delimited",
+        }
+    }
+
+    /// Decoders this build implements.
+    fn implemented(self) -> bool {
+        matches!(self, DecoderName::Barcode)
+    }
+}
+
+/// Decoder settings shared by every source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderSettings {
+    /// How the readings are decoded.
+    pub decoder: DecoderName,
+    /// `barcode`: the scanner's no-read text.
+    #[serde(default = "defaults::no_read")]
+    pub no_read: String,
+    /// Longest frame in bytes; longer ones become an `exception` with the first bytes.
+    #[serde(default = "defaults::max_frame")]
+    pub max_frame: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    None,
+    Software,
+    Hardware,
+}
+
+/// `[[sources.serial]]`: a device on a serial port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSource {
+    pub id: String,
+    /// Device path; `/dev/serial/by-id/…` names survive re-plugging.
+    pub path: PathBuf,
+    pub baud: u32,
+    #[serde(default = "defaults::data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "defaults::parity")]
+    pub parity: Parity,
+    #[serde(default = "defaults::stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default = "defaults::flow_control")]
+    pub flow_control: FlowControl,
+    /// The station this device belongs to.
+    #[serde(default)]
+    pub station: Option<String>,
+    pub decoder: DecoderName,
+    #[serde(default = "defaults::no_read")]
+    pub no_read: String,
+    #[serde(default = "defaults::max_frame")]
+    pub max_frame: usize,
+}
+
+/// `[[sources.mqtt]]`: devices that publish to the site's own broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSource {
+    pub id: String,
+    /// The site broker, `mqtt://host:port`.
+    pub url: String,
+    /// Topic filters subscribed with QoS 1.
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub station: Option<String>,
+    pub decoder: DecoderName,
+    #[serde(default = "defaults::no_read")]
+    pub no_read: String,
+    #[serde(default = "defaults::max_frame")]
+    pub max_frame: usize,
+    /// MQTT client id, stable so the broker keeps the session; default `edge-agent-{site.id}-{id}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// `[sources]`.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub serial: Vec<SerialSource>,
+    pub mqtt: Vec<MqttSource>,
+}
+
+/// `[control]`: the local control socket and remote configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Unix socket for `edge-agent status` and `replay`; default
+    /// `$RUNTIME_DIRECTORY/control.sock`, else `/run/edge-agent/control.sock`.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Public keys allowed to sign pushed configuration (`ed25519:BASE64`).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// How long new sources have to open after a push before it is rolled back.
+    #[serde(default = "defaults::confirm_timeout")]
+    pub confirm_timeout: Span,
+    /// How often the retained status is published.
+    #[serde(default = "defaults::status_interval")]
+    pub status_interval: Span,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            socket: None,
+            trusted_keys: Vec::new(),
+            confirm_timeout: defaults::confirm_timeout(),
+            status_interval: defaults::status_interval(),
+        }
+    }
+}
+
+impl Control {
+    /// The control socket path with the documented default applied.
+    pub fn resolved_socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(default_socket)
+    }
+}
+
+/// The control socket used when none is configured.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("RUNTIME_DIRECTORY") {
+        Some(dirs) if !dirs.is_empty() => {
+            let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_string();
+            PathBuf::from(first).join("control.sock")
+        }
+        _ => PathBuf::from("/run/edge-agent/control.sock"),
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn max_bytes() -> ByteSize {
+        ByteSize(2 << 30)
+    }
+    pub fn on_full() -> OnFull {
+        OnFull::DropOldest
+    }
+    pub fn retain_delivered() -> Span {
+        Span(Duration::from_secs(24 * 3600))
+    }
+    pub fn topic_prefix() -> String {
+        "edge".into()
+    }
+    pub fn format() -> Format {
+        Format::Cbor
+    }
+    pub fn max_inflight() -> u16 {
+        100
+    }
+    pub fn replay_rate() -> u32 {
+        2000
+    }
+    pub fn keep_alive() -> Span {
+        Span(Duration::from_secs(30))
+    }
+    pub fn no_read() -> String {
+        "NOREAD".into()
+    }
+    pub fn max_frame() -> usize {
+        4096
+    }
+    pub fn data_bits() -> u8 {
+        8
+    }
+    pub fn parity() -> Parity {
+        Parity::None
+    }
+    pub fn stop_bits() -> u8 {
+        1
+    }
+    pub fn flow_control() -> FlowControl {
+        FlowControl::None
+    }
+    pub fn confirm_timeout() -> Span {
+        Span(Duration::from_secs(30))
+    }
+    pub fn status_interval() -> Span {
+        Span(Duration::from_secs(30))
+    }
+}
+
+/// One problem in a configuration, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Collector(Vec<Problem>);
+
+impl Collector {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Reads `value` as `T`, recording the failing key under `prefix`.
+    fn read<T: DeserializeOwned>(&mut self, prefix: &str, value: serde_json::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let path = e.path().to_string();
+                let key = if path == "." || path.is_empty() {
+                    prefix.to_string()
+                } else if prefix.is_empty() {
+                    path
+                } else {
+                    format!("{prefix}.{path}")
+                };
+                self.push(key, humanize(&e.into_inner().to_string()));
+                None
+            }
+        }
+    }
+}
+
+/// Turns serde's wording into something an operator can act on.
+fn humanize(msg: &str) -> String {
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        let field = rest.split(',').next().unwrap_or(rest);
+        return format!("unknown key {field}; check the spelling against config/agent.example.toml");
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        return format!("required key {rest} is missing");
+    }
+    msg.to_string()
+}
+
+/// Loads `path` with environment overrides and validates it.
+pub fn load(path: &Path) -> Result<Config, Problems> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Problems(vec![Problem {
+            key: String::new(),
+            message: format!(
+                "configuration file {}: {e}; pass an existing file with --config",
+                path.display()
+            ),
+        }])
+    })?;
+    load_str(&text, &path.display().to_string())
+}
+
+/// Parses configuration text (`origin` names it in messages), with environment overrides.
+pub fn load_str(text: &str, origin: &str) -> Result<Config, Problems> {
+    let layered = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("EDGE_AGENT")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .and_then(|c| c.try_deserialize::<serde_json::Value>())
+        .map_err(|e| {
+            Problems(vec![Problem {
+                key: String::new(),
+                message: format!("{origin}: {e}"),
+            }])
+        })?;
+    from_value(layered)
+}
+
+/// Builds and validates a configuration from its document tree.
+pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
+    let mut c = Collector::default();
+    let serde_json::Value::Object(mut top) = doc else {
+        return Err(Problems(vec![Problem {
+            key: String::new(),
+            message: "the configuration must be a TOML table".into(),
+        }]));
+    };
+    let mut take = |name: &str| top.remove(name);
+
+    let site: Option<Site> = match take("site") {
+        Some(v) => c.read("site", v),
+        None => {
+            c.push("site.id", "required key is missing; set [site] id = \"dc-xxx-01\"");
+            None
+        }
+    };
+    let storage: Option<Storage> = match take("storage") {
+        Some(v) => c.read("storage", v),
+        None => Some(Storage::default()),
+    };
+    let upstream: Option<Upstream> = match take("upstream") {
+        Some(v) => c.read("upstream", v),
+        None => {
+            c.push(
+                "upstream.url",
+                "required key is missing; set [upstream] url = \"mqtt://host:1883\"",
+            );
+            None
+        }
+    };
+    let control: Option<Control> = match take("control") {
+        Some(v) => c.read("control", v),
+        None => Some(Control::default()),
+    };
+    let stations: Vec<Station> = read_list(&mut c, "stations", take("stations"));
+    let mut sources = Sources::default();
+    if let Some(v) = take("sources") {
+        match v {
+            serde_json::Value::Object(mut m) => {
+                sources.serial = read_list(&mut c, "sources.serial", m.remove("serial"));
+                sources.mqtt = read_list(&mut c, "sources.mqtt", m.remove("mqtt"));
+                for k in m.keys() {
+                    c.push(
+                        format!("sources.{k}"),
+                        "unknown source type; use [[sources.serial]] or [[sources.mqtt]]",
+                    );
+                }
+            }
+            _ => c.push("sources", "must be a table of [[sources.serial]] / [[sources.mqtt]]"),
+        }
+    }
+    for k in top.keys() {
+        c.push(
+            k.clone(),
+            "unknown section; check the spelling against config/agent.example.toml",
+        );
+    }
+
+    match (site, storage, upstream, control) {
+        (Some(site), Some(storage), Some(upstream), Some(control)) => {
+            let config = Config {
+                site,
+                storage,
+                upstream,
+                stations,
+                sources,
+                control,
+            };
+            validate(&config, &mut c);
+            if c.0.is_empty() {
+                Ok(config)
+            } else {
+                Err(Problems(c.0))
+            }
+        }
+        _ => Err(Problems(c.0)),
+    }
+}
+
+fn read_list<T: DeserializeOwned>(
+    c: &mut Collector,
+    key: &str,
+    value: Option<serde_json::Value>,
+) -> Vec<T> {
+    match value {
+        None => Vec::new(),
+        Some(serde_json::Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, v)| c.read(&format!("{key}[{i}]"), v))
+            .collect(),
+        Some(_) => {
+            c.push(key, format!("must be an array of tables: [[{key}]]"));
+            Vec::new()
+        }
+    }
+}
+
+const STANDARD_BAUD: [u32; 22] = [
+    50, 75, 110, 134, 150, 200, 300, 600, 1200, 1800, 2400, 4800, 9600, 19200, 38400, 57600,
+    115200, 230400, 460800, 921600, 1_000_000, 2_000_000,
+];
+
+fn valid_site_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn valid_name(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Checks an `mqtt://host:port` URL; returns the problem, if any.
+pub fn check_mqtt_url(url: &str) -> Result<(), String> {
+    parse_mqtt_url(url).map(|_| ())
+}
+
+/// A broker address from `mqtt://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+pub fn parse_mqtt_url(url: &str) -> Result<BrokerAddr, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else {
+        return Err(format!(
+            "{url:?} is not an MQTT URL; write mqtt://host:1883 or mqtts://host:8883"
+        ));
+    };
+    if tls {
+        return Err(format!(
+            "{url:?}: mqtts:// (TLS) is not supported by this build yet; use mqtt://"
+        ));
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('@') {
+        return Err(format!(
+            "{url:?}: only scheme, host and port are allowed (credentials go in their own keys)"
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port: u16 = p
+                .parse()
+                .map_err(|_| format!("{url:?}: port {p:?} is not a number from 1 to 65535"))?;
+            (h, port)
+        }
+        _ => (rest, if tls { 8883 } else { 1883 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("{url:?}: needs a host and a port from 1 to 65535"));
+    }
+    Ok(BrokerAddr {
+        host: host.to_string(),
+        port,
+        tls,
+    })
+}
+
+fn check_topic_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("an empty topic filter matches nothing".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return Err(format!("{filter:?}: '#' must be a whole last level"));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!("{filter:?}: '+' must be a whole level"));
+        }
+    }
+    Ok(())
+}
+
+fn validate(cfg: &Config, c: &mut Collector) {
+    if !valid_site_id(&cfg.site.id) {
+        c.push(
+            "site.id",
+            format!("{:?} must be 1-64 characters of a-z, 0-9 and '-'", cfg.site.id),
+        );
+    }
+    if cfg.storage.max_bytes.0 < 256 * 1024 {
+        c.push(
+            "storage.max_bytes",
+            format!("{} is too small; the buffer needs at least 256KiB", cfg.storage.max_bytes),
+        );
+    }
+    let up = &cfg.upstream;
+    if let Err(e) = check_mqtt_url(&up.url) {
+        c.push("upstream.url", e);
+    }
+    if up.topic_prefix.is_empty()
+        || up.topic_prefix.starts_with('/')
+        || up.topic_prefix.ends_with('/')
+        || up.topic_prefix.contains(['+', '#'])
+    {
+        c.push(
+            "upstream.topic_prefix",
+            format!(
+                "{:?} must be non-empty, without wildcards or a leading/trailing '/'",
+                up.topic_prefix
+            ),
+        );
+    }
+    if up.max_inflight == 0 {
+        c.push("upstream.max_inflight", "0 would never send; use 1 to 65535");
+    }
+    if up.replay_rate == 0 {
+        c.push("upstream.replay_rate", "0 would never drain a backlog; use at least 1");
+    }
+    if let Some(id) = &up.client_id {
+        if id.is_empty() || id.len() > 128 {
+            c.push("upstream.client_id", "must be 1 to 128 characters");
+        }
+    }
+    if up.keep_alive.0 < Duration::from_secs(5) {
+        c.push("upstream.keep_alive", format!("{} is below the minimum 5s", up.keep_alive));
+    }
+
+    let mut station_ids = HashSet::new();
+    for (i, s) in cfg.stations.iter().enumerate() {
+        if !valid_name(&s.id) {
+            c.push(
+                format!("stations[{i}].id"),
+                format!("{:?} must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'", s.id),
+            );
+        }
+        if !station_ids.insert(s.id.as_str()) {
+            c.push(format!("stations[{i}].id"), format!("{:?} is used twice", s.id));
+        }
+    }
+
+    let mut source_ids = HashSet::new();
+    let mut check_common = |c: &mut Collector,
+                            key: &str,
+                            id: &str,
+                            station: &Option<String>,
+                            decoder: DecoderName,
+                            max_frame: usize| {
+        if !valid_name(id) {
+            c.push(
+                format!("{key}.id"),
+                format!("{id:?} must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'"),
+            );
+        }
+        if !source_ids.insert(id.to_string()) {
+            c.push(format!("{key}.id"), format!("{id:?} is used by another source"));
+        }
+        if let Some(st) = station {
+            if !station_ids.contains(st.as_str()) {
+                c.push(
+                    format!("{key}.station"),
+                    format!("{st:?} is not a station; add [[stations]] id = {st:?}"),
+                );
+            }
+        }
+        if !decoder.implemented() {
+            c.push(
+                format!("{key}.decoder"),
+                format!(
+                    "{:?} is not implemented in this build yet; use \"barcode\"",
+                    decoder.as_str()
+                ),
+            );
+        }
+        if !(16..=1 << 20).contains(&max_frame) {
+            c.push(
+                format!("{key}.max_frame"),
+                format!("{max_frame} must be from 16 to 1048576 bytes"),
+            );
+        }
+    };
+
+    for (i, s) in cfg.sources.serial.iter().enumerate() {
+        let key = format!("sources.serial[{i}]");
+        check_common(c, &key, &s.id, &s.station, s.decoder, s.max_frame);
+        if !STANDARD_BAUD.contains(&s.baud) {
+            c.push(
+                format!("{key}.baud"),
+                format!("{} is not a standard rate (e.g. 9600, 19200, 38400, 115200)", s.baud),
+            );
+        }
+        if !(5..=8).contains(&s.data_bits) {
+            c.push(format!("{key}.data_bits"), format!("{} must be 5, 6, 7 or 8", s.data_bits));
+        }
+        if !(1..=2).contains(&s.stop_bits) {
+            c.push(format!("{key}.stop_bits"), format!("{} must be 1 or 2", s.stop_bits));
+        }
+        if s.path.as_os_str().is_empty() {
+            c.push(format!("{key}.path"), "must name a device, e.g. /dev/ttyUSB0");
+        }
+    }
+    for (i, s) in cfg.sources.mqtt.iter().enumerate() {
+        let key = format!("sources.mqtt[{i}]");
+        check_common(c, &key, &s.id, &s.station, s.decoder, s.max_frame);
+        if let Err(e) = check_mqtt_url(&s.url) {
+            c.push(format!("{key}.url"), e);
+        }
+        if s.topics.is_empty() {
+            c.push(format!("{key}.topics"), "list at least one topic filter");
+        }
+        for (j, t) in s.topics.iter().enumerate() {
+            if let Err(e) = check_topic_filter(t) {
+                c.push(format!("{key}.topics[{j}]"), e);
+            }
+        }
+    }
+    for (i, k) in cfg.control.trusted_keys.iter().enumerate() {
+        if !k.starts_with("ed25519:") {
+            c.push(
+                format!("control.trusted_keys[{i}]"),
+                "must be \"ed25519:BASE64\" as written by `edge-agent config keygen`",
+            );
+        }
+    }
+}
+
+impl Config {
+    /// The station a source belongs to.
+    pub fn station(&self, id: Option<&str>) -> Option<&Station> {
+        id.and_then(|id| self.stations.iter().find(|s| s.id == id))
+    }
+
+    /// The upstream MQTT client id.
+    pub fn upstream_client_id(&self) -> String {
+        self.upstream
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-agent-{}", self.site.id))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,41 @@
+//! Control: the local socket (`edge-agent status`), and the status document shared with the
+//! retained status topic.
+
+mod render;
+pub mod socket;
+
+pub use render::{inspect, render_status};
+
+use serde_json::{json, Value};
+
+use crate::buffer::BufferStats;
+use crate::status::StatusBoard;
+use crate::time::now_ms;
+
+/// The status document (CONTRACT section 8), extended with details for operators.
+pub fn status_json(stats: &BufferStats, board: &StatusBoard, config_version: Option<u64>) -> Value {
+    let oldest_pending_s = stats
+        .oldest_pending_ms
+        .map(|t| now_ms().saturating_sub(t) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    let sources: serde_json::Map<String, Value> = board
+        .sources()
+        .into_iter()
+        .map(|(id, s)| (id, serde_json::to_value(s).unwrap_or(Value::Null)))
+        .collect();
+    json!({
+        "state": "online",
+        "backlog": stats.backlog,
+        "oldest_pending_s": (oldest_pending_s * 10.0).round() / 10.0,
+        "dropped": stats.dropped,
+        "config_version": config_version,
+        "sources": sources,
+        "upstream": board.upstream(),
+        "storage": {
+            "stored": stats.stored,
+            "file_bytes": stats.file_bytes,
+            "error": board.storage_error(),
+        },
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+}

@@ -1,0 +1,223 @@
+//! The `edge-agent` binary: parses the command line, loads configuration, runs a command and
+//! maps the outcome to an exit code (0 ok, 2 check-config found problems, 64 bad
+//! configuration for `run`, 1 any other failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edge_agent::config::{self, Problems};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const EXIT_BAD_CONFIG: u8 = 64;
+const EXIT_CHECK_FAILED: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "edge-agent", version = None, disable_version_flag = true, about = "Warehouse edge agent: device readings to canonical events, stored durably first")]
+struct Cli {
+    /// Print version, git revision and target triple.
+    #[arg(long)]
+    version: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: ingest, buffer, normalize, forward.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration without touching devices; exit 2 listing every problem.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Ask the running daemon for backlog, per-source state and more.
+    Status {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print the raw JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon to send already-delivered events again.
+    Replay {
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        #[arg(long, value_name = "RFC3339")]
+        since: String,
+        #[arg(long, value_name = "RFC3339")]
+        until: Option<String>,
+    },
+    /// Print counts, oldest/newest and a sample of a stopped agent's buffer file.
+    Inspect {
+        #[arg(long, value_name = "PATH")]
+        storage: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("{}", edge_agent::version_line());
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        eprintln!("edge-agent: no command given; try `edge-agent --help`");
+        return ExitCode::from(EXIT_CHECK_FAILED);
+    };
+    match command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => check_config(config),
+        Command::Status { socket, json } => {
+            let path = socket.unwrap_or_else(config::default_socket);
+            client(&path, json!({"cmd": "status"}), |v| {
+                if json {
+                    println!("{v}");
+                } else {
+                    print!("{}", edge_agent::control::render_status(v));
+                }
+            })
+        }
+        Command::Replay {
+            socket,
+            since,
+            until,
+        } => {
+            let path = socket.unwrap_or_else(config::default_socket);
+            let mut req = json!({"cmd": "replay", "since": since});
+            if let Some(u) = until {
+                req["until"] = Value::String(u);
+            }
+            client(&path, req, |v| println!("{v}"))
+        }
+        Command::Inspect { storage } => match edge_agent::control::inspect(&storage) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("edge-agent: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn print_problems(path: &std::path::Path, p: &Problems) {
+    eprintln!(
+        "edge-agent: configuration {} has {} problem(s):",
+        path.display(),
+        p.0.len()
+    );
+    for problem in &p.0 {
+        eprintln!("  {problem}");
+    }
+}
+
+fn check_config(path: PathBuf) -> ExitCode {
+    match config::load(&path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok (site {}, {} stations, {} serial and {} MQTT sources)",
+                path.display(),
+                cfg.site.id,
+                cfg.stations.len(),
+                cfg.sources.serial.len(),
+                cfg.sources.mqtt.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(p) => {
+            print_problems(&path, &p);
+            ExitCode::from(EXIT_CHECK_FAILED)
+        }
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    init_logging();
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(p) => {
+            print_problems(&path, &p);
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edge-agent")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edge-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signals(shutdown.clone()));
+        match edge_agent::app::run(cfg, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+async fn signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}
+
+fn client(path: &std::path::Path, req: Value, show: impl FnOnce(&Value)) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edge-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(edge_agent::control::socket::request(path, &req)) {
+        Ok(v) if v.get("error").is_some() => {
+            eprintln!("edge-agent: {}", v["error"].as_str().unwrap_or("error"));
+            ExitCode::FAILURE
+        }
+        Ok(v) => {
+            show(&v);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edge-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! What the agent knows about its own health, shared by every stage and read by the control
+//! socket, the retained status topic and sd_notify.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// A source's state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceState {
+    Open,
+    Retrying,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub state: SourceState,
+    /// Why it is retrying (with what to do), or what it is connected to.
+    pub detail: String,
+    /// When its last reading arrived, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_reading_at: Option<String>,
+    #[serde(skip)]
+    pub last_reading_ms: Option<u64>,
+    pub readings: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamStatus {
+    pub connected: bool,
+    pub detail: String,
+    /// Events acknowledged by upstream since start.
+    pub delivered: u64,
+}
+
+/// Shared health of all stages.
+pub struct StatusBoard {
+    sources: Mutex<BTreeMap<String, SourceStatus>>,
+    upstream: Mutex<UpstreamStatus>,
+    storage_error: Mutex<Option<String>>,
+    delivered: AtomicU64,
+    /// Bumped on every change of a source's state (the status topic republishes then).
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        StatusBoard {
+            sources: Mutex::new(BTreeMap::new()),
+            upstream: Mutex::new(UpstreamStatus {
+                connected: false,
+                detail: "not connected yet".into(),
+                delivered: 0,
+            }),
+            storage_error: Mutex::new(None),
+            delivered: AtomicU64::new(0),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding this lock cannot leave the maps inconsistent: recover the data.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StatusBoard {
+    /// Records a source's state; logs and signals only when the state changes.
+    pub fn set_source(&self, id: &str, state: SourceState, detail: impl Into<String>) {
+        let detail = detail.into();
+        let mut map = lock(&self.sources);
+        let entry = map.entry(id.to_string()).or_insert_with(|| SourceStatus {
+            state,
+            detail: String::new(),
+            last_reading_at: None,
+            last_reading_ms: None,
+            readings: 0,
+        });
+        let changed = entry.state != state || entry.detail != detail;
+        entry.state = state;
+        entry.detail = detail;
+        drop(map);
+        if changed {
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    pub fn source_reading(&self, id: &str, at_ms: u64) {
+        if let Some(s) = lock(&self.sources).get_mut(id) {
+            s.readings += 1;
+            s.last_reading_ms = Some(at_ms);
+        }
+    }
+
+    pub fn sources(&self) -> BTreeMap<String, SourceStatus> {
+        let mut map = lock(&self.sources).clone();
+        for s in map.values_mut() {
+            s.last_reading_at = s.last_reading_ms.map(crate::time::format_rfc3339_ms);
+        }
+        map
+    }
+
+    pub fn set_upstream(&self, connected: bool, detail: impl Into<String>) {
+        let mut u = lock(&self.upstream);
+        u.connected = connected;
+        u.detail = detail.into();
+    }
+
+    pub fn add_delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn upstream(&self) -> UpstreamStatus {
+        let mut u = lock(&self.upstream).clone();
+        u.delivered = self.delivered.load(Ordering::Relaxed);
+        u
+    }
+
+    pub fn set_storage_error(&self, e: Option<String>) {
+        *lock(&self.storage_error) = e;
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    pub fn storage_error(&self) -> Option<String> {
+        lock(&self.storage_error).clone()
+    }
+
+    /// Resolves on the next change of a source's state.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}

@@ -1,0 +1,347 @@
+//! Upstream: publishes buffered events to the central broker and deletes them from the
+//! backlog only after their PUBACK.
+//!
+//! Every connection is a fresh rumqttc client, so the only record of what is in flight is ours:
+//! `awaiting` holds the seqs handed to the client in publish order until the event loop names
+//! their packet id, `inflight` maps packet ids to seqs until the PUBACK. When the connection
+//! drops, both are forgotten and the next connection starts again from the oldest pending
+//! event: at least once, in seq order, with the same envelope (and `id`) every time.
+
+mod rate;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_protocol::Envelope;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
+    Outgoing, Packet, QoS,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::buffer::{PendingRow, Store, WriterHandle};
+use crate::config::{parse_mqtt_url, Config, Format};
+use crate::control::status_json;
+use crate::status::StatusBoard;
+use rate::TokenBucket;
+
+/// How long a stopping agent waits for PUBACKs of what is already in flight.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The upstream stage.
+pub struct Upstream {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub writer: WriterHandle,
+    pub status: Arc<StatusBoard>,
+    pub shutdown: CancellationToken,
+}
+
+enum Ended {
+    Shutdown,
+    Dropped(String),
+}
+
+/// Per-connection bookkeeping.
+struct Conn {
+    connected: bool,
+    /// Seqs (None: a status message) handed to the client, oldest first, without packet id yet.
+    awaiting: VecDeque<Option<u64>>,
+    /// Packet id → seq (None: a status message) until PUBACK.
+    inflight: HashMap<u16, Option<u64>>,
+    /// Highest seq handed to the client on this connection.
+    cursor: u64,
+    /// The last fetch found nothing more; wait for a commit.
+    caught_up: bool,
+}
+
+impl Conn {
+    fn events_in_flight(&self) -> usize {
+        self.awaiting.iter().filter(|s| s.is_some()).count()
+            + self.inflight.values().filter(|s| s.is_some()).count()
+    }
+}
+
+impl Upstream {
+    fn topic_prefix(&self) -> String {
+        format!("{}/{}", self.config.upstream.topic_prefix, self.config.site.id)
+    }
+
+    fn options(&self) -> Result<MqttOptions, String> {
+        let up = &self.config.upstream;
+        let addr = parse_mqtt_url(&up.url)?;
+        let mut o = MqttOptions::new(self.config.upstream_client_id(), addr.host, addr.port);
+        o.set_keep_alive(up.keep_alive.0);
+        // We track delivery ourselves and resend from the buffer on every connection.
+        o.set_clean_session(true);
+        o.set_inflight(up.max_inflight.saturating_add(4));
+        o.set_max_packet_size(1 << 20, 16 << 20);
+        o.set_last_will(LastWill::new(
+            format!("{}/status", self.topic_prefix()),
+            r#"{"state":"offline"}"#,
+            QoS::AtLeastOnce,
+            true,
+        ));
+        Ok(o)
+    }
+
+    /// Runs until shutdown.
+    pub async fn run(self) {
+        let opts = match self.options() {
+            Ok(o) => o,
+            Err(e) => {
+                self.status.set_upstream(false, e);
+                return;
+            }
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let mut last_why = String::new();
+        let mut bucket = TokenBucket::new(self.config.upstream.replay_rate);
+        loop {
+            match self.connection(opts.clone(), &mut backoff, &mut bucket).await {
+                Ended::Shutdown => return,
+                Ended::Dropped(why) => {
+                    if why != last_why {
+                        tracing::warn!("{why}; events stay buffered, retrying");
+                        last_why = why.clone();
+                    }
+                    self.status.set_upstream(false, why);
+                }
+            }
+            tokio::select! {
+                // Cancel-safe: sleeping holds no state.
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn connection(
+        &self,
+        opts: MqttOptions,
+        backoff: &mut Backoff,
+        bucket: &mut TokenBucket,
+    ) -> Ended {
+        let cap = usize::from(self.config.upstream.max_inflight) + 64;
+        let (client, eventloop) = AsyncClient::new(opts, cap);
+        let (ev_tx, mut events) = mpsc::channel(1024);
+        let poller = tokio::spawn(poll(eventloop, ev_tx));
+        let mut conn = Conn {
+            connected: false,
+            awaiting: VecDeque::new(),
+            inflight: HashMap::new(),
+            cursor: 0,
+            caught_up: false,
+        };
+        let mut committed = self.writer.committed();
+        let mut status_changes = self.status.changes();
+        let mut status_tick = tokio::time::interval(self.config.control.status_interval.0);
+        let ended = loop {
+            let wait_tokens = bucket.wait();
+            tokio::select! {
+                // Cancel-safe: a cancelled token stays cancelled.
+                _ = self.shutdown.cancelled() => {
+                    self.drain(&client, &mut conn, &mut events).await;
+                    break Ended::Shutdown;
+                }
+                // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
+                ev = events.recv() => match ev {
+                    Some(Ok(ev)) => {
+                        if let Some(why) = self.on_event(ev, &mut conn, backoff, &client).await {
+                            break Ended::Dropped(why);
+                        }
+                    }
+                    Some(Err(e)) => break Ended::Dropped(self.describe(&e)),
+                    None => break Ended::Dropped(format!("upstream broker {}: connection closed", self.config.upstream.url)),
+                },
+                // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
+                r = committed.changed(), if conn.caught_up => {
+                    if r.is_err() { break Ended::Shutdown; }
+                    conn.caught_up = false;
+                }
+                // Cancel-safe: sleeping holds no state.
+                _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() && conn.connected && !conn.caught_up => {}
+                // Cancel-safe: interval ticks are not lost.
+                _ = status_tick.tick(), if conn.connected => self.publish_status(&client, &mut conn).await,
+                // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
+                r = status_changes.changed(), if conn.connected => {
+                    if r.is_ok() { self.publish_status(&client, &mut conn).await; }
+                }
+            }
+            if conn.connected && !conn.caught_up {
+                if let Err(why) = self.fill(&client, &mut conn, bucket, &mut committed).await {
+                    break Ended::Dropped(why);
+                }
+            }
+        };
+        poller.abort();
+        ended
+    }
+
+    /// Handles one event; Some(reason) if the connection is unusable.
+    async fn on_event(
+        &self,
+        ev: Event,
+        conn: &mut Conn,
+        backoff: &mut Backoff,
+        client: &AsyncClient,
+    ) -> Option<String> {
+        match ev {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                if ack.code != ConnectReturnCode::Success {
+                    return Some(format!(
+                        "upstream broker {}: connection refused ({:?}); check credentials and client id",
+                        self.config.upstream.url, ack.code
+                    ));
+                }
+                backoff.reset();
+                conn.connected = true;
+                tracing::info!("connected to upstream broker {}", self.config.upstream.url);
+                self.status.set_upstream(true, format!("connected to {}", self.config.upstream.url));
+                self.publish_status(client, conn).await;
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(seq) = conn.awaiting.pop_front() {
+                    conn.inflight.insert(pkid, seq);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(Some(seq)) = conn.inflight.remove(&ack.pkid) {
+                    self.status.add_delivered(1);
+                    if self.writer.ack(vec![seq]).await.is_err() {
+                        return Some("the buffer writer stopped".into());
+                    }
+                }
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Publishes pending events while the window and the rate allow.
+    async fn fill(
+        &self,
+        client: &AsyncClient,
+        conn: &mut Conn,
+        bucket: &mut TokenBucket,
+        committed: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Result<(), String> {
+        let max = usize::from(self.config.upstream.max_inflight);
+        let room = max.saturating_sub(conn.events_in_flight());
+        let allowed = bucket.take(room);
+        if allowed == 0 {
+            return Ok(());
+        }
+        // Mark the committed seq seen before reading: a commit after this read wakes us.
+        committed.borrow_and_update();
+        let store = self.store.clone();
+        let after = conn.cursor;
+        let rows = tokio::task::spawn_blocking(move || store.pending_after(after, allowed))
+            .await
+            .map_err(|e| format!("reading the buffer: {e}"))?
+            .map_err(|e| e.to_string())?;
+        bucket.give_back(allowed - rows.len());
+        if rows.len() < allowed {
+            conn.caught_up = true;
+        }
+        for row in rows {
+            let seq = row.seq;
+            let (topic, payload) = self.encode(row)?;
+            client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                .map_err(|e| format!("upstream client: {e}"))?;
+            conn.awaiting.push_back(Some(seq));
+            conn.cursor = seq;
+        }
+        Ok(())
+    }
+
+    fn encode(&self, row: PendingRow) -> Result<(String, Vec<u8>), String> {
+        let env = Envelope::from_cbor(&row.cbor)
+            .map_err(|e| format!("buffer row {} cannot be read back: {e}", row.seq))?;
+        let topic = format!("{}/events/{}", self.topic_prefix(), env.kind());
+        let payload = match self.config.upstream.format {
+            Format::Cbor => row.cbor,
+            Format::Json => env.to_json(),
+        };
+        Ok((topic, payload))
+    }
+
+    async fn publish_status(&self, client: &AsyncClient, conn: &mut Conn) {
+        let store = self.store.clone();
+        let stats = tokio::task::spawn_blocking(move || store.stats()).await;
+        let Ok(Ok(stats)) = stats else { return };
+        let body = status_json(&stats, &self.status, None);
+        let topic = format!("{}/status", self.topic_prefix());
+        if client
+            .try_publish(topic, QoS::AtLeastOnce, true, body.to_string())
+            .is_ok()
+        {
+            conn.awaiting.push_back(None);
+        }
+    }
+
+    /// At shutdown: wait (bounded) for the PUBACKs of what is in flight, then disconnect.
+    async fn drain(
+        &self,
+        client: &AsyncClient,
+        conn: &mut Conn,
+        events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+    ) {
+        let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
+        let mut dummy = Backoff::new(Duration::from_millis(1), Duration::from_millis(1));
+        while conn.connected && conn.events_in_flight() > 0 {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(Ok(ev))) => {
+                    if self.on_event(ev, conn, &mut dummy, client).await.is_some() {
+                        break;
+                    }
+                }
+                Ok(_) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        "upstream: {} events still unacknowledged at shutdown; they stay buffered and are sent after restart",
+                        conn.events_in_flight()
+                    );
+                    break;
+                }
+            }
+        }
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            while let Some(Ok(ev)) = events.recv().await {
+                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    fn describe(&self, e: &ConnectionError) -> String {
+        let what = format!("upstream broker {}", self.config.upstream.url);
+        match e {
+            ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                format!("{what}: connection refused; is it reachable and listening?")
+            }
+            ConnectionError::ConnectionRefused(code) => {
+                format!("{what}: refused the connection ({code:?}); check credentials and client id")
+            }
+            other => format!("{what}: {other}"),
+        }
+    }
+}
+
+/// Owns the rumqttc event loop: polls it and forwards every event; ends on the first error.
+async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
+    loop {
+        let ev = eventloop.poll().await;
+        let failed = ev.is_err();
+        if tx.send(ev).await.is_err() || failed {
+            return;
+        }
+    }
+}
