@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod buffer;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod normalize;
 pub mod sources;
 pub mod status;

@@ -52,6 +52,13 @@ enum Command {
         #[arg(long, value_name = "RFC3339")]
         until: Option<String>,
     },
+    /// Run the real pipeline with simulated devices on real ptys and an embedded broker
+    /// standing in for central; prints the canonical events as central receives them.
+    Demo {
+        /// Stop after this long (e.g. "20s"); default: until Ctrl-C.
+        #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
     /// Print counts, oldest/newest and a sample of a stopped agent's buffer file.
     Inspect {
         #[arg(long, value_name = "PATH")]
@@ -94,6 +101,7 @@ fn main() -> ExitCode {
             }
             client(&path, req, |v| println!("{v}"))
         }
+        Command::Demo { duration } => edge_agent::demo::run(duration),
         Command::Inspect { storage } => match edge_agent::control::inspect(&storage) {
             Ok(text) => {
                 print!("{text}");
@@ -114,6 +122,7 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

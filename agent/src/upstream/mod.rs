@@ -138,7 +138,8 @@ impl Upstream {
         };
         let mut committed = self.writer.committed();
         let mut status_changes = self.status.changes();
-        let mut status_tick = tokio::time::interval(self.config.control.status_interval.0);
+        let every = self.config.control.status_interval.0;
+        let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let ended = loop {
             let wait_tokens = bucket.wait();
             tokio::select! {
