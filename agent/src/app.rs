@@ -108,7 +108,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
     shutdown.cancelled().await;
     tracing::info!("stopping: sources first, then in-flight upstream events, then the buffer");
-    if tokio::time::timeout(SOURCES_DEADLINE, sources.wait()).await.is_err() {
+    if tokio::time::timeout(SOURCES_DEADLINE, sources.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("sources did not stop within {SOURCES_DEADLINE:?}");
     }
     if tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), upstream)
@@ -118,7 +121,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         tracing::warn!("upstream did not stop within {DRAIN_DEADLINE:?}");
     }
     let _ = control.await;
-    if tokio::time::timeout(WRITER_DEADLINE, writer_done).await.is_err() {
+    if tokio::time::timeout(WRITER_DEADLINE, writer_done)
+        .await
+        .is_err()
+    {
         writer_cancel.cancel();
         tracing::warn!("buffer writer did not finish within {WRITER_DEADLINE:?}");
     }

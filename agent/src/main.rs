@@ -193,7 +193,10 @@ fn run(path: PathBuf) -> ExitCode {
 /// Cancels `shutdown` on SIGTERM or SIGINT.
 async fn signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
             tracing::error!("cannot install signal handlers; stop the agent with SIGKILL");
@@ -208,7 +211,10 @@ async fn signals(shutdown: CancellationToken) {
 }
 
 fn client(path: &std::path::Path, req: Value, show: impl FnOnce(&Value)) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("edge-agent: cannot start the runtime: {e}");

@@ -42,9 +42,18 @@ mod tests {
     #[test]
     fn timestamps_have_milliseconds_and_round_trip() {
         assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(format_rfc3339_ms(1_795_773_600_123), "2026-11-27T10:00:00.123Z");
-        assert_eq!(parse_rfc3339_ms("2026-11-27T10:00:00.123Z"), Some(1_795_773_600_123));
-        assert_eq!(parse_rfc3339_ms("2026-11-27T11:00:00+01:00"), Some(1_795_773_600_000));
+        assert_eq!(
+            format_rfc3339_ms(1_795_773_600_123),
+            "2026-11-27T10:00:00.123Z"
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-27T10:00:00.123Z"),
+            Some(1_795_773_600_123)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-27T11:00:00+01:00"),
+            Some(1_795_773_600_000)
+        );
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
     }
 }

@@ -343,7 +343,10 @@ fn check_text(data: &[u8], offset: usize) -> Result<(), String> {
     let allowed = |c: char| {
         c == '\u{1d}' || (envelope && matches!(c, '\u{04}' | '\u{1c}' | '\u{1e}' | '\u{1f}'))
     };
-    match text.char_indices().find(|&(_, c)| c.is_control() && !allowed(c)) {
+    match text
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && !allowed(c))
+    {
         Some((i, c)) if c.is_ascii() => Err(format!(
             "control character 0x{:02X} at offset {} is not allowed in a barcode",
             u32::from(c),
@@ -376,12 +379,8 @@ fn ean_upc(content: Content, data: &[u8]) -> Result<(&'static str, String), Stri
     let digits = String::from_utf8_lossy(data);
     let base = match (content, data.len()) {
         (Content::EanUpc, 13 | 12) | (Content::Ean8, 8) => digits.into_owned(),
-        (Content::EanUpc, 8) => upc_e_to_upc_a(data).ok_or_else(|| {
-            format!(
-                "upc-e: number system {} is not 0 or 1",
-                char::from(data[0])
-            )
-        })?,
+        (Content::EanUpc, 8) => upc_e_to_upc_a(data)
+            .ok_or_else(|| format!("upc-e: number system {} is not 0 or 1", char::from(data[0])))?,
         (Content::EanAddOn, 15 | 18) => digits[..13].to_owned(),
         (Content::EanUpc, n) => {
             return Err(format!(
@@ -389,16 +388,14 @@ fn ean_upc(content: Content, data: &[u8]) -> Result<(&'static str, String), Stri
             ))
         }
         (Content::Ean8, n) => return Err(format!("ean-8: {n} digits, needs 8")),
-        (_, n) => {
-            return Err(format!(
-                "ean-13 with add-on: {n} digits, needs 15 or 18"
-            ))
-        }
+        (_, n) => return Err(format!("ean-13 with add-on: {n} digits, needs 15 or 18")),
     };
     if let Some((body, last)) = base.split_at_checked(base.len().saturating_sub(1)) {
         let expected = gs1::check_digit(body).unwrap_or(0);
         if last.as_bytes() != [b'0' + expected] {
-            return Err(format!("{name}: check digit is {last}, expected {expected}"));
+            return Err(format!(
+                "{name}: check digit is {last}, expected {expected}"
+            ));
         }
     }
     Ok((name, format!("{base:0>14}")))
@@ -551,15 +548,21 @@ mod tests {
         // UPC-E 0425261 4 expands to UPC-A 042100005264.
         assert_eq!(gtin("]E004252614").as_deref(), Some("00042100005264"));
         assert_eq!(scan("]E004252614").symbology, "upc-e");
-        assert_eq!(gtin("]E3400638133393112").as_deref(), Some("04006381333931"));
+        assert_eq!(
+            gtin("]E3400638133393112").as_deref(),
+            Some("04006381333931")
+        );
         assert_eq!(gtin("]E402345673").as_deref(), Some("00000002345673"));
         assert_eq!(
             invalid(b"]E04006381333932"),
             "ean-13: check digit is 2, expected 1"
         );
-        assert_eq!(invalid(b"]E402345674"), "ean-8: check digit is 4, expected 3");
         assert_eq!(
-            invalid(b"]E0400638133393"),
+            invalid(b"]E402345674"),
+            "ean-8: check digit is 4, expected 3"
+        );
+        assert_eq!(
+            invalid(b"]E040063813339311"),
             "ean-13: 14 digits, needs 13 (EAN-13), 12 (UPC-A) or 8 (UPC-E)"
         );
         assert_eq!(
@@ -618,7 +621,10 @@ mod tests {
     #[test]
     fn classify_code_never_errors() {
         let s = classify_code("00106141412345678908");
-        assert_eq!(s.gs1.as_ref().and_then(Elements::sscc), Some("106141412345678908"));
+        assert_eq!(
+            s.gs1.as_ref().and_then(Elements::sscc),
+            Some("106141412345678908")
+        );
         let s = classify_code("]C100106141412345678908");
         assert_eq!(s.code, "00106141412345678908");
         assert_eq!(s.symbology, "gs1-128");
@@ -660,7 +666,9 @@ mod tests {
             #[test]
             fn decode_never_panics_on_gs1_like_data(
                 data in "[0-9()A-Z\\x1d]{0,60}",
-                aim in prop_oneof![Just(""), Just("]C1"), Just("]E0"), Just("]E3"), Just("]e0"), Just("]C0")],
+                aim in prop_oneof![
+                    Just(""), Just("]C1"), Just("]E0"), Just("]E3"), Just("]e0"), Just("]C0")
+                ],
             ) {
                 let line = format!("{aim}{data}");
                 let _ = to_body(decode(line.as_bytes(), "NOREAD"), Some(Role::Picking));

@@ -573,13 +573,17 @@ mod tests {
         assert_eq!(v["role"], "packing");
         assert_eq!(v["body"]["sscc"], "106141412345678908");
         assert_eq!(v["raw"], "XUMxMDAxMDYxNDE0MTIzNDU2Nzg5MDgd/w==");
-        assert!(v.get("replayed").is_none(), "replayed is present only when true");
+        assert!(
+            v.get("replayed").is_none(),
+            "replayed is present only when true"
+        );
     }
 
     #[test]
     fn cbor_carries_raw_as_a_byte_string() {
         let e = sample(bodies().remove(5));
-        let v: ciborium::Value = ciborium::from_reader(&e.to_cbor()[..]).unwrap_or(ciborium::Value::Null);
+        let v: ciborium::Value =
+            ciborium::from_reader(&e.to_cbor()[..]).unwrap_or(ciborium::Value::Null);
         let map = v.as_map().cloned().unwrap_or_default();
         let raw = map
             .iter()

@@ -9,8 +9,8 @@
 pub enum Framed {
     /// One complete frame, terminator removed.
     Frame(Vec<u8>),
-    /// A frame longer than `max_frame`: its first `max_frame` bytes, and how many bytes the
-    /// frame had in all (counted up to its end, or up to now if `end_of_input`).
+    /// A frame longer than `max_frame`: its first `max_frame` bytes, and how many bytes of it
+    /// had arrived when it passed the cap (at least `max_frame + 1`).
     Overlong { head: Vec<u8>, total: usize },
 }
 
@@ -19,8 +19,8 @@ pub enum Framed {
 pub struct LineFramer {
     max_frame: usize,
     buf: Vec<u8>,
-    /// Bytes of an over-long frame seen so far (head already in `buf`), or 0.
-    overlong: usize,
+    /// Inside an over-long frame (already reported): skip up to the next line end.
+    skipping: bool,
     ready: std::collections::VecDeque<Framed>,
 }
 
@@ -29,7 +29,7 @@ impl LineFramer {
         LineFramer {
             max_frame: max_frame.max(1),
             buf: Vec::new(),
-            overlong: 0,
+            skipping: false,
             ready: std::collections::VecDeque::new(),
         }
     }
@@ -51,44 +51,36 @@ impl LineFramer {
     }
 
     fn take(&mut self, chunk: &[u8]) {
-        if self.overlong > 0 {
-            self.overlong += chunk.len();
+        if self.skipping {
             return;
         }
         let room = self.max_frame - self.buf.len();
         if chunk.len() <= room {
             self.buf.extend_from_slice(chunk);
-        } else {
-            self.buf.extend_from_slice(&chunk[..room]);
-            self.overlong = self.buf.len() + (chunk.len() - room);
+            return;
         }
+        // Reported as soon as it passes the cap, so a device that never sends a line end still
+        // produces an exception rather than silence; the rest of the line is skipped.
+        self.buf.extend_from_slice(&chunk[..room]);
+        let total = self.buf.len() + (chunk.len() - room);
+        let head = std::mem::take(&mut self.buf);
+        self.ready.push_back(Framed::Overlong { head, total });
+        self.skipping = true;
     }
 
     fn finish(&mut self) {
-        let head = std::mem::take(&mut self.buf);
-        if self.overlong > 0 {
-            let total = std::mem::replace(&mut self.overlong, 0);
-            self.ready.push_back(Framed::Overlong { head, total });
-        } else if !head.is_empty() {
-            self.ready.push_back(Framed::Frame(head));
+        if std::mem::replace(&mut self.skipping, false) {
+            return;
+        }
+        let frame = std::mem::take(&mut self.buf);
+        if !frame.is_empty() {
+            self.ready.push_back(Framed::Frame(frame));
         }
     }
 
     /// The next complete frame, if any.
     pub fn next_frame(&mut self) -> Option<Framed> {
-        if let Some(f) = self.ready.pop_front() {
-            return Some(f);
-        }
-        // An over-long frame is reported as soon as it passes the cap, so a device that never
-        // sends a terminator still produces an exception rather than silence.
-        if self.overlong > 0 && !self.buf.is_empty() {
-            let head = std::mem::take(&mut self.buf);
-            return Some(Framed::Overlong {
-                head,
-                total: self.overlong,
-            });
-        }
-        None
+        self.ready.pop_front()
     }
 
     /// Bytes held for an incomplete frame.
@@ -145,7 +137,9 @@ mod tests {
                 total: 8
             }]
         );
-        f.push(b"ijk\nok\n");
+        f.push(b"ijk");
+        assert!(frames(&mut f).is_empty(), "reported once");
+        f.push(b"\nok\n");
         assert_eq!(frames(&mut f), vec![Framed::Frame(b"ok".to_vec())]);
         assert_eq!(f.pending(), 0);
     }

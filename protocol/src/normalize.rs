@@ -7,7 +7,7 @@ use crate::framing::Framed;
 /// Describes an over-long frame for a person.
 pub fn overlong_detail(max_frame: usize, total: usize) -> String {
     format!(
-        "frame of {total} bytes exceeds max_frame {max_frame}; the first {max_frame} bytes are in raw, the rest was skipped"
+        "frame exceeds max_frame {max_frame} bytes ({total} bytes and counting); the first {max_frame} bytes are in raw, the rest up to the next frame end was skipped"
     )
 }
 
@@ -15,9 +15,10 @@ pub fn overlong_detail(max_frame: usize, total: usize) -> String {
 pub fn barcode_frame(frame: &Framed, no_read: &str, max_frame: usize, role: Option<Role>) -> Body {
     match frame {
         Framed::Frame(line) => barcode::to_body(barcode::decode(line, no_read), role),
-        Framed::Overlong { total, .. } => {
-            Body::exception(ExceptionReason::Undecodable, overlong_detail(max_frame, *total))
-        }
+        Framed::Overlong { total, .. } => Body::exception(
+            ExceptionReason::Undecodable,
+            overlong_detail(max_frame, *total),
+        ),
     }
 }
 

@@ -329,9 +329,15 @@ mod tests {
         drop(s);
         let s = Store::open(&dir.path().join("sub/buffer.redb")).unwrap_or_else(|e| panic!("{e}"));
         let st = s.stats().unwrap_or_default();
-        assert_eq!((st.backlog, st.stored, st.oldest_pending_ms), (3, 5, Some(1002)));
+        assert_eq!(
+            (st.backlog, st.stored, st.oldest_pending_ms),
+            (3, 5, Some(1002))
+        );
         assert_eq!(s.next_seq().ok(), Some(6));
-        assert_eq!(s.pending_after(2, 1).unwrap_or_default()[0].cbor, vec![4, 4, 4]);
+        assert_eq!(
+            s.pending_after(2, 1).unwrap_or_default()[0].cbor,
+            vec![4, 4, 4]
+        );
     }
 
     #[test]
@@ -339,10 +345,16 @@ mod tests {
         let (_dir, s) = store();
         let rows: Vec<_> = (1..=4).map(|i| (i, i * 10, vec![0])).collect();
         s.commit(&rows, &[], 5).unwrap_or_else(|e| panic!("{e}"));
-        s.commit(&[], &[1, 2, 4], 5).unwrap_or_else(|e| panic!("{e}"));
+        s.commit(&[], &[1, 2, 4], 5)
+            .unwrap_or_else(|e| panic!("{e}"));
         // 1 and 2 delivered and old; 3 pending; 4 delivered but newer than the cutoff.
         assert_eq!(s.prune_delivered(35, 100).ok(), Some(2));
-        let seqs: Vec<u64> = s.events_from(0, 10).unwrap_or_default().iter().map(|r| r.0).collect();
+        let seqs: Vec<u64> = s
+            .events_from(0, 10)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.0)
+            .collect();
         assert_eq!(seqs, vec![3, 4]);
     }
 }

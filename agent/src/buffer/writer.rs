@@ -37,6 +37,8 @@ pub struct Appended {
     pub seq: u64,
 }
 
+// Nearly every command is an Append, so boxing it would only add an allocation per reading.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     Append(Reading, Option<oneshot::Sender<Appended>>),
     Ack(Vec<u64>),
@@ -178,7 +180,10 @@ impl Writer {
             match self.store.commit(&rows, &acks, seq) {
                 Ok(()) => {
                     if failing {
-                        tracing::info!("buffer file {}: writing again", self.store.path().display());
+                        tracing::info!(
+                            "buffer file {}: writing again",
+                            self.store.path().display()
+                        );
                         self.status.set_storage_error(None);
                     }
                     break;

@@ -84,7 +84,12 @@ impl Storage {
         match std::env::var_os("STATE_DIRECTORY") {
             // systemd may pass several directories separated by ':'; the first is ours.
             Some(dirs) if !dirs.is_empty() => {
-                let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_string();
+                let first = dirs
+                    .to_string_lossy()
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
                 PathBuf::from(first).join("buffer.redb")
             }
             _ => PathBuf::from("./data/buffer.redb"),
@@ -294,7 +299,12 @@ impl Control {
 pub fn default_socket() -> PathBuf {
     match std::env::var_os("RUNTIME_DIRECTORY") {
         Some(dirs) if !dirs.is_empty() => {
-            let first = dirs.to_string_lossy().split(':').next().unwrap_or("").to_string();
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
             PathBuf::from(first).join("control.sock")
         }
         _ => PathBuf::from("/run/edge-agent/control.sock"),
@@ -421,7 +431,9 @@ impl Collector {
 fn humanize(msg: &str) -> String {
     if let Some(rest) = msg.strip_prefix("unknown field ") {
         let field = rest.split(',').next().unwrap_or(rest);
-        return format!("unknown key {field}; check the spelling against config/agent.example.toml");
+        return format!(
+            "unknown key {field}; check the spelling against config/agent.example.toml"
+        );
     }
     if let Some(rest) = msg.strip_prefix("missing field ") {
         return format!("required key {rest} is missing");
@@ -478,7 +490,10 @@ pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
     let site: Option<Site> = match take("site") {
         Some(v) => c.read("site", v),
         None => {
-            c.push("site.id", "required key is missing; set [site] id = \"dc-xxx-01\"");
+            c.push(
+                "site.id",
+                "required key is missing; set [site] id = \"dc-xxx-01\"",
+            );
             None
         }
     };
@@ -514,7 +529,10 @@ pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
                     );
                 }
             }
-            _ => c.push("sources", "must be a table of [[sources.serial]] / [[sources.mqtt]]"),
+            _ => c.push(
+                "sources",
+                "must be a table of [[sources.serial]] / [[sources.mqtt]]",
+            ),
         }
     }
     for k in top.keys() {
@@ -657,13 +675,19 @@ fn validate(cfg: &Config, c: &mut Collector) {
     if !valid_site_id(&cfg.site.id) {
         c.push(
             "site.id",
-            format!("{:?} must be 1-64 characters of a-z, 0-9 and '-'", cfg.site.id),
+            format!(
+                "{:?} must be 1-64 characters of a-z, 0-9 and '-'",
+                cfg.site.id
+            ),
         );
     }
     if cfg.storage.max_bytes.0 < 256 * 1024 {
         c.push(
             "storage.max_bytes",
-            format!("{} is too small; the buffer needs at least 256KiB", cfg.storage.max_bytes),
+            format!(
+                "{} is too small; the buffer needs at least 256KiB",
+                cfg.storage.max_bytes
+            ),
         );
     }
     let up = &cfg.upstream;
@@ -684,10 +708,16 @@ fn validate(cfg: &Config, c: &mut Collector) {
         );
     }
     if up.max_inflight == 0 {
-        c.push("upstream.max_inflight", "0 would never send; use 1 to 65535");
+        c.push(
+            "upstream.max_inflight",
+            "0 would never send; use 1 to 65535",
+        );
     }
     if up.replay_rate == 0 {
-        c.push("upstream.replay_rate", "0 would never drain a backlog; use at least 1");
+        c.push(
+            "upstream.replay_rate",
+            "0 would never drain a backlog; use at least 1",
+        );
     }
     if let Some(id) = &up.client_id {
         if id.is_empty() || id.len() > 128 {
@@ -695,7 +725,10 @@ fn validate(cfg: &Config, c: &mut Collector) {
         }
     }
     if up.keep_alive.0 < Duration::from_secs(5) {
-        c.push("upstream.keep_alive", format!("{} is below the minimum 5s", up.keep_alive));
+        c.push(
+            "upstream.keep_alive",
+            format!("{} is below the minimum 5s", up.keep_alive),
+        );
     }
 
     let mut station_ids = HashSet::new();
@@ -703,11 +736,17 @@ fn validate(cfg: &Config, c: &mut Collector) {
         if !valid_name(&s.id) {
             c.push(
                 format!("stations[{i}].id"),
-                format!("{:?} must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'", s.id),
+                format!(
+                    "{:?} must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'",
+                    s.id
+                ),
             );
         }
         if !station_ids.insert(s.id.as_str()) {
-            c.push(format!("stations[{i}].id"), format!("{:?} is used twice", s.id));
+            c.push(
+                format!("stations[{i}].id"),
+                format!("{:?} is used twice", s.id),
+            );
         }
     }
 
@@ -725,7 +764,10 @@ fn validate(cfg: &Config, c: &mut Collector) {
             );
         }
         if !source_ids.insert(id.to_string()) {
-            c.push(format!("{key}.id"), format!("{id:?} is used by another source"));
+            c.push(
+                format!("{key}.id"),
+                format!("{id:?} is used by another source"),
+            );
         }
         if let Some(st) = station {
             if !station_ids.contains(st.as_str()) {
@@ -758,17 +800,29 @@ fn validate(cfg: &Config, c: &mut Collector) {
         if !STANDARD_BAUD.contains(&s.baud) {
             c.push(
                 format!("{key}.baud"),
-                format!("{} is not a standard rate (e.g. 9600, 19200, 38400, 115200)", s.baud),
+                format!(
+                    "{} is not a standard rate (e.g. 9600, 19200, 38400, 115200)",
+                    s.baud
+                ),
             );
         }
         if !(5..=8).contains(&s.data_bits) {
-            c.push(format!("{key}.data_bits"), format!("{} must be 5, 6, 7 or 8", s.data_bits));
+            c.push(
+                format!("{key}.data_bits"),
+                format!("{} must be 5, 6, 7 or 8", s.data_bits),
+            );
         }
         if !(1..=2).contains(&s.stop_bits) {
-            c.push(format!("{key}.stop_bits"), format!("{} must be 1 or 2", s.stop_bits));
+            c.push(
+                format!("{key}.stop_bits"),
+                format!("{} must be 1 or 2", s.stop_bits),
+            );
         }
         if s.path.as_os_str().is_empty() {
-            c.push(format!("{key}.path"), "must name a device, e.g. /dev/ttyUSB0");
+            c.push(
+                format!("{key}.path"),
+                "must name a device, e.g. /dev/ttyUSB0",
+            );
         }
     }
     for (i, s) in cfg.sources.mqtt.iter().enumerate() {

@@ -124,14 +124,25 @@ on = true
             got.join("\n")
         );
     }
-    assert_eq!(got.len(), expect.len(), "unexpected extra problems:\n{}", got.join("\n"));
+    assert_eq!(
+        got.len(),
+        expect.len(),
+        "unexpected extra problems:\n{}",
+        got.join("\n")
+    );
 }
 
 #[test]
 fn missing_required_sections_are_named() {
     let got = problems("");
-    assert!(got.iter().any(|g| g.starts_with("site.id: required")), "{got:?}");
-    assert!(got.iter().any(|g| g.starts_with("upstream.url: required")), "{got:?}");
+    assert!(
+        got.iter().any(|g| g.starts_with("site.id: required")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter().any(|g| g.starts_with("upstream.url: required")),
+        "{got:?}"
+    );
 }
 
 #[test]

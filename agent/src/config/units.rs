@@ -14,7 +14,11 @@ impl<'de> Deserialize<'de> for Span {
         let text = String::deserialize(d)?;
         humantime::parse_duration(text.trim())
             .map(Span)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration ({e}); write e.g. \"300ms\", \"10s\", \"24h\"")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a duration ({e}); write e.g. \"300ms\", \"10s\", \"24h\""
+                ))
+            })
     }
 }
 

@@ -15,7 +15,11 @@ pub fn render_status(v: &Value) -> String {
     let _ = writeln!(
         out,
         "upstream:  {} ({}), {} delivered since start",
-        if up["connected"].as_bool() == Some(true) { "connected" } else { "NOT CONNECTED" },
+        if up["connected"].as_bool() == Some(true) {
+            "connected"
+        } else {
+            "NOT CONNECTED"
+        },
         up["detail"].as_str().unwrap_or(""),
         up["delivered"]
     );
@@ -39,7 +43,10 @@ pub fn render_status(v: &Value) -> String {
     let _ = writeln!(
         out,
         "config:    version {}",
-        v["config_version"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "local file".into())
+        v["config_version"]
+            .as_u64()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "local file".into())
     );
     let _ = writeln!(out, "sources:");
     if let Some(map) = v["sources"].as_object() {
@@ -65,13 +72,24 @@ pub fn inspect(path: &Path) -> Result<String, crate::buffer::StoreError> {
     let i = crate::buffer::inspect(path, 6)?;
     let s = &i.stats;
     let mut out = String::new();
-    let _ = writeln!(out, "buffer file:  {} ({} bytes)", path.display(), s.file_bytes);
-    let _ = writeln!(out, "stored:       {} events (seq {:?} to {:?})", s.stored, s.first_seq, s.last_seq);
+    let _ = writeln!(
+        out,
+        "buffer file:  {} ({} bytes)",
+        path.display(),
+        s.file_bytes
+    );
+    let _ = writeln!(
+        out,
+        "stored:       {} events (seq {:?} to {:?})",
+        s.stored, s.first_seq, s.last_seq
+    );
     let _ = writeln!(
         out,
         "pending:      {} events, oldest observed {}",
         s.backlog,
-        s.oldest_pending_ms.map(format_rfc3339_ms).unwrap_or_else(|| "-".into())
+        s.oldest_pending_ms
+            .map(format_rfc3339_ms)
+            .unwrap_or_else(|| "-".into())
     );
     let _ = writeln!(out, "dropped:      {}", s.dropped);
     let _ = writeln!(out, "sample (oldest and newest):");

@@ -95,7 +95,9 @@ async fn answer(line: &str, store: &Store, board: &StatusBoard) -> Value {
             }
         }
         Some("replay") => json!({"error": "replay is not available in this build yet"}),
-        Some(other) => json!({"error": format!("unknown cmd {other:?}; use \"status\" or \"replay\"")}),
+        Some(other) => {
+            json!({"error": format!("unknown cmd {other:?}; use \"status\" or \"replay\"")})
+        }
         None => json!({"error": "missing \"cmd\"; send {\"cmd\":\"status\"}"}),
     }
 }

@@ -82,9 +82,12 @@ impl Normalizer {
         }
         let line = trim_line_end(payload);
         let body = match self.decoder {
-            DecoderName::Barcode => {
-                barcode_frame(&Framed::Frame(line.to_vec()), &self.no_read, self.max_frame, self.role)
-            }
+            DecoderName::Barcode => barcode_frame(
+                &Framed::Frame(line.to_vec()),
+                &self.no_read,
+                self.max_frame,
+                self.role,
+            ),
             other => unimplemented_decoder(other),
         };
         self.reading(body, payload.to_vec())

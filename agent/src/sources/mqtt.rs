@@ -71,7 +71,10 @@ impl MqttSource {
                     ctx.status.set_source(
                         &self.id,
                         SourceState::Open,
-                        format!("subscribed at {} (session present: {})", self.url, ack.session_present),
+                        format!(
+                            "subscribed at {} (session present: {})",
+                            self.url, ack.session_present
+                        ),
                     );
                     tracing::info!(source = %self.id, "connected to site broker {}", self.url);
                     for t in &self.topics {
@@ -88,7 +91,12 @@ impl MqttSource {
                 Ok(_) => {}
                 Err(e) => {
                     let why = self.describe(&e);
-                    let first = ctx.status.sources().get(&self.id).map(|s| s.detail != why).unwrap_or(true);
+                    let first = ctx
+                        .status
+                        .sources()
+                        .get(&self.id)
+                        .map(|s| s.detail != why)
+                        .unwrap_or(true);
                     if first {
                         tracing::warn!(source = %self.id, "{why}; retrying");
                     }
@@ -152,7 +160,11 @@ async fn ack_after_commit(
 }
 
 /// At shutdown: let the acks of committed readings go out, then disconnect cleanly.
-async fn finish(client: AsyncClient, mut eventloop: EventLoop, mut acker: tokio::task::JoinHandle<()>) {
+async fn finish(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    mut acker: tokio::task::JoinHandle<()>,
+) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             tokio::select! {

@@ -43,7 +43,12 @@ impl SerialSource {
                 Err(e) => self.describe_open_error(&e),
             };
             let delay = backoff.next_delay();
-            let first = ctx.status.sources().get(&self.id).map(|s| s.detail != why).unwrap_or(true);
+            let first = ctx
+                .status
+                .sources()
+                .get(&self.id)
+                .map(|s| s.detail != why)
+                .unwrap_or(true);
             if first {
                 tracing::warn!(source = %self.id, "{why}; retrying");
             }
@@ -95,11 +100,14 @@ impl SerialSource {
             Some(io::ErrorKind::NotFound) => format!(
                 "{what}: not found; check the cable and the path (ls -l /dev/serial/by-id/)"
             ),
-            Some(io::ErrorKind::PermissionDenied) => format!(
-                "{what}: permission denied; add the service user to group dialout"
-            ),
+            Some(io::ErrorKind::PermissionDenied) => {
+                format!("{what}: permission denied; add the service user to group dialout")
+            }
             _ if e.description.contains("busy") || e.description.contains("Resource busy") => {
-                format!("{what}: busy; another program has it open (fuser {})", self.path.display())
+                format!(
+                    "{what}: busy; another program has it open (fuser {})",
+                    self.path.display()
+                )
             }
             _ => format!("{what}: cannot open: {}", e.description),
         }

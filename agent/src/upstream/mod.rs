@@ -67,7 +67,10 @@ impl Conn {
 
 impl Upstream {
     fn topic_prefix(&self) -> String {
-        format!("{}/{}", self.config.upstream.topic_prefix, self.config.site.id)
+        format!(
+            "{}/{}",
+            self.config.upstream.topic_prefix, self.config.site.id
+        )
     }
 
     fn options(&self) -> Result<MqttOptions, String> {
@@ -101,7 +104,10 @@ impl Upstream {
         let mut last_why = String::new();
         let mut bucket = TokenBucket::new(self.config.upstream.replay_rate);
         loop {
-            match self.connection(opts.clone(), &mut backoff, &mut bucket).await {
+            match self
+                .connection(opts.clone(), &mut backoff, &mut bucket)
+                .await
+            {
                 Ended::Shutdown => return,
                 Ended::Dropped(why) => {
                     if why != last_why {
@@ -201,7 +207,8 @@ impl Upstream {
                 backoff.reset();
                 conn.connected = true;
                 tracing::info!("connected to upstream broker {}", self.config.upstream.url);
-                self.status.set_upstream(true, format!("connected to {}", self.config.upstream.url));
+                self.status
+                    .set_upstream(true, format!("connected to {}", self.config.upstream.url));
                 self.publish_status(client, conn).await;
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -329,7 +336,9 @@ impl Upstream {
                 format!("{what}: connection refused; is it reachable and listening?")
             }
             ConnectionError::ConnectionRefused(code) => {
-                format!("{what}: refused the connection ({code:?}); check credentials and client id")
+                format!(
+                    "{what}: refused the connection ({code:?}); check credentials and client id"
+                )
             }
             other => format!("{what}: {other}"),
         }

@@ -14,10 +14,11 @@
 //! - an AI that occurs twice with different values is an error.
 //!
 //! Dates: YYMMDD resolves to 20YY. The General Specifications' sliding window (section 7.12)
-//! needs today's date, which this pure crate does not read; 20YY gives the same validity for
-//! every YY (1900+YY and 2000+YY have the same leap years for YY 01-99, and 2000 is a leap year)
-//! and the same year for all dates up to 2049. A day of 00 (allowed in AIs 11-17 and
-//! 4324/4325) means the last day of the month.
+//! needs today's date, which this pure crate does not read. 20YY accepts and rejects exactly
+//! the same dates as the window (1900+YY and 2000+YY have the same leap years for YY 01-99),
+//! and differs in the year only for dates the window places more than 49 years in the past
+//! (read in 2026, YY 77-99 are 1977-1999 there); it needs revisiting before 2050. A day of 00
+//! (allowed in AIs 11-17, 4324 and 4325) means the last day of the month.
 //!
 //! Relations between AIs (02 needs 37, 37 needs 00, …) are not enforced: a unit carries several
 //! labels (CONTRACT section 5).
@@ -94,7 +95,10 @@ pub enum Gs1Error {
     Empty,
     #[error("unknown AI {ai}")]
     UnknownAi { ai: String },
-    #[error("offset {offset}: expected the digits of an AI{}, found {found}", after_ai(.after))]
+    #[error(
+        "offset {offset} of the GS1 data: expected the digits of an AI{}, found {found}",
+        after_ai(.after)
+    )]
     NotAnAi {
         offset: usize,
         found: Found,
@@ -226,7 +230,11 @@ fn length_text(got: usize, digits: bool, need: &str) -> String {
         return "no data".to_owned();
     }
     let unit = if digits { "digits" } else { "characters" };
-    let unit = if got == 1 { &unit[..unit.len() - 1] } else { unit };
+    let unit = if got == 1 {
+        &unit[..unit.len() - 1]
+    } else {
+        unit
+    };
     format!("{got} {unit}, needs {need}")
 }
 
@@ -315,11 +323,7 @@ fn bracket_at(b: &[u8], i: usize) -> Option<(&[u8], &'static Entry)> {
     if b.get(i) != Some(&b'(') {
         return None;
     }
-    let len = b
-        .iter()
-        .skip(i + 1)
-        .take(5)
-        .position(|&c| c == b')')?;
+    let len = b.iter().skip(i + 1).take(5).position(|&c| c == b')')?;
     let ai = &b[i + 1..i + 1 + len];
     table::lookup(ai).map(|e| (ai, e))
 }
@@ -360,18 +364,10 @@ fn read_ai<'a>(
         found: Found(rest.get(k).copied().unwrap_or(0)),
         after: after.map(str::to_owned),
     };
-    let digits_ok = |n: usize| {
-        match rest
-            .iter()
-            .take(n)
-            .position(|b| !b.is_ascii_digit())
-        {
-            Some(k) => Err(not_ai(k)),
-            None if rest.len() < n => Err(Gs1Error::IncompleteAi {
-                digits: text(rest),
-            }),
-            None => Ok(()),
-        }
+    let digits_ok = |n: usize| match rest.iter().take(n).position(|b| !b.is_ascii_digit()) {
+        Some(k) => Err(not_ai(k)),
+        None if rest.len() < n => Err(Gs1Error::IncompleteAi { digits: text(rest) }),
+        None => Ok(()),
     };
     digits_ok(2)?;
     let prefix = usize::from(rest[0] - b'0') * 10 + usize::from(rest[1] - b'0');
@@ -533,7 +529,8 @@ fn check_part(part: &Part, ai: &[u8], field: &[u8]) -> Result<(), Gs1Error> {
 /// The number in a run of ASCII digits (already validated).
 fn num(digits: &[u8]) -> u64 {
     digits.iter().fold(0u64, |n, &d| {
-        n.wrapping_mul(10).wrapping_add(u64::from(d.wrapping_sub(b'0')))
+        n.wrapping_mul(10)
+            .wrapping_add(u64::from(d.wrapping_sub(b'0')))
     })
 }
 
@@ -671,6 +668,12 @@ fn percent_ok(f: &[u8]) -> bool {
     })
 }
 
+/// What an AI means, briefly ("SSCC", "batch or lot", "net weight, kg"); `None` for an AI
+/// that does not exist.
+pub fn ai_title(ai: &str) -> Option<&'static str> {
+    table::lookup(ai.as_bytes()).map(|e| e.title)
+}
+
 /// Gregorian leap year.
 pub fn is_leap_year(year: u16) -> bool {
     (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
@@ -751,8 +754,8 @@ fn check_pair(f: &[u8]) -> Option<[u8; 2]> {
         b"!\"%&'()*+,-./0123456789:;<=>?ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
     const SET32: &[u8; 32] = b"23456789ABCDEFGHJKLMNPQRSTUVWXYZ";
     const PRIMES: [u32; 30] = [
-        2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83,
-        89, 97, 101, 103, 107, 109, 113,
+        2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89,
+        97, 101, 103, 107, 109, 113,
     ];
     let data = f.get(..f.len().checked_sub(2)?)?;
     if data.len() > PRIMES.len() {

@@ -1,11 +1,11 @@
 //! The GS1 Application Identifier table: one line per AI or AI range, in the notation of the GS1
 //! General Specifications (section 3.2) and the GS1 Barcode Syntax Dictionary.
 //!
-//! A line is `ai("AI or LO-HI", "component component …")`. A component is a character set
-//! (`N` digits, `X` GS1 character set 82, `Y` character set 39, `Z` base64url) with a fixed
-//! length (`N6`) or a maximum (`X..20`), optionally in brackets when it may be left out at the end
-//! (`[X..17]`), followed by the checks that apply to it (`N14,csum`). The specs are parsed at
-//! compile time, and a malformed line, an unsorted table or a disagreement with the
+//! A line is `ai("AI or LO-HI", "component component …", "title")`. A component is a
+//! character set (`N` digits, `X` GS1 character set 82, `Y` character set 39, `Z` base64url)
+//! with a fixed length (`N6`) or a maximum (`X..20`), in brackets when it may be left out at the
+//! end (`[X..17]`), followed by the checks that apply to it (`N14,csum`). The specs are parsed
+//! at compile time: a malformed line, an unsorted table or a disagreement with the
 //! predefined-length table fails the build.
 //!
 //! Checks: `csum` GS1 mod-10 check digit, `csumalpha` alphanumeric check character pair,
@@ -74,6 +74,8 @@ const NO_PART: Part = Part {
 
 #[derive(Debug)]
 pub(super) struct Entry {
+    /// What the AI means, briefly.
+    pub title: &'static str,
     /// First and last AI of the range, padded to four digits (`"01"` is 100, `"235"` is 2350),
     /// so that numeric order is the lexical order of the AIs.
     pub lo: u16,
@@ -91,11 +93,6 @@ impl Entry {
     pub fn parts(&self) -> &[Part] {
         let n = (self.count as usize).min(MAX_PARTS);
         &self.parts[..n]
-    }
-
-    /// True when every component is numeric.
-    pub fn numeric(&self) -> bool {
-        self.parts().iter().all(|p| p.set == Charset::Numeric)
     }
 
     /// The lengths the data may have, for a person: "14", "at most 20", "13 to 30", "6 or 12".
@@ -136,180 +133,181 @@ impl Entry {
 }
 
 /// The table, sorted by AI. GS1 AIs are prefix-free: no AI is the beginning of another.
+#[rustfmt::skip]
 pub(super) const TABLE: &[Entry] = &[
-    ai("00", "N18,csum"),                          // SSCC
-    ai("01", "N14,csum"),                          // GTIN
-    ai("02", "N14,csum"),                          // GTIN of contained trade items
-    ai("03", "N14,csum"),                          // GTIN of a made-to-order trade item
-    ai("10", "X..20"),                             // batch or lot
-    ai("11", "N6,yymmd0"),                         // production date
-    ai("12", "N6,yymmd0"),                         // due date
-    ai("13", "N6,yymmd0"),                         // packaging date
-    ai("15", "N6,yymmd0"),                         // best before
-    ai("16", "N6,yymmd0"),                         // sell by
-    ai("17", "N6,yymmd0"),                         // expiration date
-    ai("20", "N2"),                                // internal product variant
-    ai("21", "X..20"),                             // serial number
-    ai("22", "X..20"),                             // consumer product variant
-    ai("235", "X..28"),                            // third-party serialised extension (TPX)
-    ai("240", "X..30"),                            // additional product identification
-    ai("241", "X..30"),                            // customer part number
-    ai("242", "N..6"),                             // made-to-order variation number
-    ai("243", "X..20"),                            // packaging component number
-    ai("250", "X..30"),                            // secondary serial number
-    ai("251", "X..30"),                            // reference to source entity
-    ai("253", "N13,csum [X..17]"),                 // GDTI
-    ai("254", "X..20"),                            // GLN extension component
-    ai("255", "N13,csum [N..12]"),                 // GCN
-    ai("30", "N..8"),                              // variable count of items
-    ai("3100-3105", "N6"),                         // net weight, kg
-    ai("3110-3115", "N6"),                         // length, m
-    ai("3120-3125", "N6"),                         // width, m
-    ai("3130-3135", "N6"),                         // depth, m
-    ai("3140-3145", "N6"),                         // area, m²
-    ai("3150-3155", "N6"),                         // net volume, l
-    ai("3160-3165", "N6"),                         // net volume, m³
-    ai("3200-3205", "N6"),                         // net weight, lb
-    ai("3210-3215", "N6"),                         // length, in
-    ai("3220-3225", "N6"),                         // length, ft
-    ai("3230-3235", "N6"),                         // length, yd
-    ai("3240-3245", "N6"),                         // width, in
-    ai("3250-3255", "N6"),                         // width, ft
-    ai("3260-3265", "N6"),                         // width, yd
-    ai("3270-3275", "N6"),                         // depth, in
-    ai("3280-3285", "N6"),                         // depth, ft
-    ai("3290-3295", "N6"),                         // depth, yd
-    ai("3300-3305", "N6"),                         // logistic weight, kg
-    ai("3310-3315", "N6"),                         // length, m, logistics
-    ai("3320-3325", "N6"),                         // width, m, logistics
-    ai("3330-3335", "N6"),                         // depth, m, logistics
-    ai("3340-3345", "N6"),                         // area, m², logistics
-    ai("3350-3355", "N6"),                         // logistic volume, l
-    ai("3360-3365", "N6"),                         // logistic volume, m³
-    ai("3370-3375", "N6"),                         // kg per m²
-    ai("3400-3405", "N6"),                         // logistic weight, lb
-    ai("3410-3415", "N6"),                         // length, in, logistics
-    ai("3420-3425", "N6"),                         // length, ft, logistics
-    ai("3430-3435", "N6"),                         // length, yd, logistics
-    ai("3440-3445", "N6"),                         // width, in, logistics
-    ai("3450-3455", "N6"),                         // width, ft, logistics
-    ai("3460-3465", "N6"),                         // width, yd, logistics
-    ai("3470-3475", "N6"),                         // depth, in, logistics
-    ai("3480-3485", "N6"),                         // depth, ft, logistics
-    ai("3490-3495", "N6"),                         // depth, yd, logistics
-    ai("3500-3505", "N6"),                         // area, in²
-    ai("3510-3515", "N6"),                         // area, ft²
-    ai("3520-3525", "N6"),                         // area, yd²
-    ai("3530-3535", "N6"),                         // area, in², logistics
-    ai("3540-3545", "N6"),                         // area, ft², logistics
-    ai("3550-3555", "N6"),                         // area, yd², logistics
-    ai("3560-3565", "N6"),                         // net weight, troy oz
-    ai("3570-3575", "N6"),                         // net weight or volume, oz
-    ai("3600-3605", "N6"),                         // net volume, qt
-    ai("3610-3615", "N6"),                         // net volume, US gal
-    ai("3620-3625", "N6"),                         // logistic volume, qt
-    ai("3630-3635", "N6"),                         // logistic volume, US gal
-    ai("3640-3645", "N6"),                         // net volume, in³
-    ai("3650-3655", "N6"),                         // net volume, ft³
-    ai("3660-3665", "N6"),                         // net volume, yd³
-    ai("3670-3675", "N6"),                         // logistic volume, in³
-    ai("3680-3685", "N6"),                         // logistic volume, ft³
-    ai("3690-3695", "N6"),                         // logistic volume, yd³
-    ai("37", "N..8"),                              // count of trade items in a logistic unit
-    ai("3900-3909", "N..15"),                      // amount payable, local currency
-    ai("3910-3919", "N3 N..15"),                   // amount payable with ISO currency
-    ai("3920-3929", "N..15"),                      // price, single monetary area
-    ai("3930-3939", "N3 N..15"),                   // price with ISO currency
-    ai("3940-3943", "N4"),                         // percentage discount of a coupon
-    ai("3950-3955", "N6"),                         // amount payable per unit of measure
-    ai("400", "X..30"),                            // customer's purchase order number
-    ai("401", "X..30"),                            // GINC
-    ai("402", "N17,csum"),                         // GSIN
-    ai("403", "X..30"),                            // routing code
-    ai("410-417", "N13,csum"),                     // GLNs: ship to, bill to, …, party
-    ai("420", "X..20"),                            // ship-to postal code
-    ai("421", "N3 X..9"),                          // ship-to postal code with ISO country
-    ai("422", "N3"),                               // country of origin
-    ai("423", "N3 [N3] [N3] [N3] [N3]"),           // countries of initial processing
-    ai("424", "N3"),                               // country of processing
-    ai("425", "N3 [N3] [N3] [N3] [N3]"),           // countries of disassembly
-    ai("426", "N3"),                               // country covering full process chain
-    ai("427", "X..3"),                             // country subdivision of origin
-    ai("4300-4301", "X..35,pcenc"),                // ship-to company, contact
-    ai("4302-4306", "X..70,pcenc"),                // ship-to address lines, suburb, locality, region
-    ai("4307", "X2"),                              // ship-to country code
-    ai("4308", "X..30"),                           // ship-to telephone
-    ai("4309", "N10,lat N10,lon"),                 // ship-to geolocation
-    ai("4310-4311", "X..35,pcenc"),                // return-to company, contact
-    ai("4312-4316", "X..70,pcenc"),                // return-to address lines, suburb, locality, region
-    ai("4317", "X2"),                              // return-to country code
-    ai("4318", "X..20"),                           // return-to postal code
-    ai("4319", "X..30"),                           // return-to telephone
-    ai("4320", "X..35,pcenc"),                     // service code description
-    ai("4321-4323", "N1,yesno"),                   // dangerous goods, authority to leave, signature
-    ai("4324-4325", "N6,yymmd0 N4,hhmi"),          // not before / not after delivery date-time
-    ai("4326", "N6,yymmdd"),                       // release date
-    ai("4330-4333", "N6 [X1,minus]"),              // max/min temperature, °F/°C
-    ai("7001", "N13"),                             // NATO stock number
-    ai("7002", "X..30"),                           // UNECE meat carcasses and cuts
-    ai("7003", "N6,yymmdd N4,hhmi"),               // expiration date and time
-    ai("7004", "N..4"),                            // active potency
-    ai("7005", "X..12"),                           // catch area
-    ai("7006", "N6,yymmdd"),                       // first freeze date
-    ai("7007", "N6,yymmdd [N6,yymmdd]"),           // harvest date (range)
-    ai("7008", "X..3"),                            // species for fishery purposes
-    ai("7009", "X..10"),                           // fishing gear type
-    ai("7010", "X..2"),                            // production method
-    ai("7011", "N6,yymmdd [N4,hhmi]"),             // test by date
-    ai("7020", "X..20"),                           // refurbishment lot
-    ai("7021", "X..20"),                           // functional status
-    ai("7022", "X..20"),                           // revision status
-    ai("7023", "X..30"),                           // GIAI of an assembly
-    ai("7030-7039", "N3 X..27"),                   // approval number of processor 0-9
-    ai("7040", "N1 X1 X1 X1"),                     // GS1 UIC with extension 1 and importer index
-    ai("7041", "X..4"),                            // UN/CEFACT freight unit type
-    ai("710-717", "X..20"),                        // national healthcare reimbursement numbers
-    ai("7230-7239", "X2 X..28"),                   // certification references
-    ai("7240", "X..20"),                           // protocol ID
-    ai("7241", "N2"),                              // AIDC media type
-    ai("7242", "X..25"),                           // version control number
-    ai("7250", "N8,yyyymmdd"),                     // date of birth
-    ai("7251", "N8,yyyymmdd N4,hhmi"),             // date and time of birth
-    ai("7252", "N1,sex"),                          // biological sex
-    ai("7253-7254", "X..40,pcenc"),                // family name, given name
-    ai("7255", "X..10"),                           // name suffix
-    ai("7256", "X..90,pcenc"),                     // full name
-    ai("7257", "X..70,pcenc"),                     // address of a person
-    ai("7258", "X3"),                              // baby birth sequence indicator
-    ai("7259", "X..40,pcenc"),                     // baby of family name
-    ai("8001", "N4,nonzero N5,nonzero N3,nonzero N1,winding N1"), // roll products
-    ai("8002", "X..20"),                           // cellular mobile telephone identifier
-    ai("8003", "N1,zero N13,csum [X..16]"),        // GRAI
-    ai("8004", "X..30"),                           // GIAI
-    ai("8005", "N6"),                              // price per unit of measure
-    ai("8006", "N14,csum N4,pieceoftotal"),        // ITIP
-    ai("8007", "X..34"),                           // IBAN
-    ai("8008", "N6,yymmdd N2,hh [N2,mi] [N2,ss]"), // date and time of production
-    ai("8009", "X..50"),                           // optically readable sensor indicator
-    ai("8010", "Y..30"),                           // component/part identifier (CPID)
-    ai("8011", "N..12,nozeroprefix"),              // CPID serial number
-    ai("8012", "X..20"),                           // software version
-    ai("8013", "X..25,csumalpha"),                 // global model number (GMN)
-    ai("8014", "X..25,csumalpha,nondigit"),        // medical device UDI-DI (MUDI)
-    ai("8017-8018", "N18,csum"),                   // GSRN provider / recipient
-    ai("8019", "N..10"),                           // service relation instance number
-    ai("8020", "X..25"),                           // payment slip reference number
-    ai("8026", "N14,csum N4,pieceoftotal"),        // ITIP of contained trade items
-    ai("8030", "Z..90"),                           // digital signature
-    ai("8040-8041", "N15"),                        // IMEI, second IMEI
-    ai("8042", "N32"),                             // eSIM identifier (EID)
-    ai("8043", "N18 [N..2]"),                      // physical SIM identifier (ICCID)
-    ai("8110", "X..70"),                           // coupon code identification (North America)
-    ai("8111", "N4"),                              // loyalty points of a coupon
-    ai("8112", "X..70"),                           // paperless coupon code (North America)
-    ai("8200", "X..70"),                           // extended packaging URL
-    ai("90", "X..30"),                             // mutually agreed between trading partners
-    ai("91-99", "X..90"),                          // company internal information
+    ai("00", "N18,csum", "SSCC"),
+    ai("01", "N14,csum", "GTIN"),
+    ai("02", "N14,csum", "GTIN of contained trade items"),
+    ai("03", "N14,csum", "GTIN of a made-to-order trade item"),
+    ai("10", "X..20", "batch or lot"),
+    ai("11", "N6,yymmd0", "production date"),
+    ai("12", "N6,yymmd0", "due date"),
+    ai("13", "N6,yymmd0", "packaging date"),
+    ai("15", "N6,yymmd0", "best before"),
+    ai("16", "N6,yymmd0", "sell by"),
+    ai("17", "N6,yymmd0", "expiration date"),
+    ai("20", "N2", "internal product variant"),
+    ai("21", "X..20", "serial number"),
+    ai("22", "X..20", "consumer product variant"),
+    ai("235", "X..28", "third-party serialised extension (TPX)"),
+    ai("240", "X..30", "additional product identification"),
+    ai("241", "X..30", "customer part number"),
+    ai("242", "N..6", "made-to-order variation number"),
+    ai("243", "X..20", "packaging component number"),
+    ai("250", "X..30", "secondary serial number"),
+    ai("251", "X..30", "reference to source entity"),
+    ai("253", "N13,csum [X..17]", "GDTI"),
+    ai("254", "X..20", "GLN extension component"),
+    ai("255", "N13,csum [N..12]", "GCN"),
+    ai("30", "N..8", "variable count of items"),
+    ai("3100-3105", "N6", "net weight, kg"),
+    ai("3110-3115", "N6", "length, m"),
+    ai("3120-3125", "N6", "width, m"),
+    ai("3130-3135", "N6", "depth, m"),
+    ai("3140-3145", "N6", "area, m²"),
+    ai("3150-3155", "N6", "net volume, l"),
+    ai("3160-3165", "N6", "net volume, m³"),
+    ai("3200-3205", "N6", "net weight, lb"),
+    ai("3210-3215", "N6", "length, in"),
+    ai("3220-3225", "N6", "length, ft"),
+    ai("3230-3235", "N6", "length, yd"),
+    ai("3240-3245", "N6", "width, in"),
+    ai("3250-3255", "N6", "width, ft"),
+    ai("3260-3265", "N6", "width, yd"),
+    ai("3270-3275", "N6", "depth, in"),
+    ai("3280-3285", "N6", "depth, ft"),
+    ai("3290-3295", "N6", "depth, yd"),
+    ai("3300-3305", "N6", "logistic weight, kg"),
+    ai("3310-3315", "N6", "length, m, logistics"),
+    ai("3320-3325", "N6", "width, m, logistics"),
+    ai("3330-3335", "N6", "depth, m, logistics"),
+    ai("3340-3345", "N6", "area, m², logistics"),
+    ai("3350-3355", "N6", "logistic volume, l"),
+    ai("3360-3365", "N6", "logistic volume, m³"),
+    ai("3370-3375", "N6", "kg per m²"),
+    ai("3400-3405", "N6", "logistic weight, lb"),
+    ai("3410-3415", "N6", "length, in, logistics"),
+    ai("3420-3425", "N6", "length, ft, logistics"),
+    ai("3430-3435", "N6", "length, yd, logistics"),
+    ai("3440-3445", "N6", "width, in, logistics"),
+    ai("3450-3455", "N6", "width, ft, logistics"),
+    ai("3460-3465", "N6", "width, yd, logistics"),
+    ai("3470-3475", "N6", "depth, in, logistics"),
+    ai("3480-3485", "N6", "depth, ft, logistics"),
+    ai("3490-3495", "N6", "depth, yd, logistics"),
+    ai("3500-3505", "N6", "area, in²"),
+    ai("3510-3515", "N6", "area, ft²"),
+    ai("3520-3525", "N6", "area, yd²"),
+    ai("3530-3535", "N6", "area, in², logistics"),
+    ai("3540-3545", "N6", "area, ft², logistics"),
+    ai("3550-3555", "N6", "area, yd², logistics"),
+    ai("3560-3565", "N6", "net weight, troy oz"),
+    ai("3570-3575", "N6", "net weight or volume, oz"),
+    ai("3600-3605", "N6", "net volume, qt"),
+    ai("3610-3615", "N6", "net volume, US gal"),
+    ai("3620-3625", "N6", "logistic volume, qt"),
+    ai("3630-3635", "N6", "logistic volume, US gal"),
+    ai("3640-3645", "N6", "net volume, in³"),
+    ai("3650-3655", "N6", "net volume, ft³"),
+    ai("3660-3665", "N6", "net volume, yd³"),
+    ai("3670-3675", "N6", "logistic volume, in³"),
+    ai("3680-3685", "N6", "logistic volume, ft³"),
+    ai("3690-3695", "N6", "logistic volume, yd³"),
+    ai("37", "N..8", "count of trade items in a logistic unit"),
+    ai("3900-3909", "N..15", "amount payable, local currency"),
+    ai("3910-3919", "N3 N..15", "amount payable with ISO currency"),
+    ai("3920-3929", "N..15", "price, single monetary area"),
+    ai("3930-3939", "N3 N..15", "price with ISO currency"),
+    ai("3940-3943", "N4", "percentage discount of a coupon"),
+    ai("3950-3955", "N6", "amount payable per unit of measure"),
+    ai("400", "X..30", "customer's purchase order number"),
+    ai("401", "X..30", "GINC"),
+    ai("402", "N17,csum", "GSIN"),
+    ai("403", "X..30", "routing code"),
+    ai("410-417", "N13,csum", "GLNs: ship to, bill to, …, party"),
+    ai("420", "X..20", "ship-to postal code"),
+    ai("421", "N3 X..9", "ship-to postal code with ISO country"),
+    ai("422", "N3", "country of origin"),
+    ai("423", "N3 [N3] [N3] [N3] [N3]", "countries of initial processing"),
+    ai("424", "N3", "country of processing"),
+    ai("425", "N3 [N3] [N3] [N3] [N3]", "countries of disassembly"),
+    ai("426", "N3", "country covering full process chain"),
+    ai("427", "X..3", "country subdivision of origin"),
+    ai("4300-4301", "X..35,pcenc", "ship-to company, contact"),
+    ai("4302-4306", "X..70,pcenc", "ship-to address lines, suburb, locality, region"),
+    ai("4307", "X2", "ship-to country code"),
+    ai("4308", "X..30", "ship-to telephone"),
+    ai("4309", "N10,lat N10,lon", "ship-to geolocation"),
+    ai("4310-4311", "X..35,pcenc", "return-to company, contact"),
+    ai("4312-4316", "X..70,pcenc", "return-to address lines, suburb, locality, region"),
+    ai("4317", "X2", "return-to country code"),
+    ai("4318", "X..20", "return-to postal code"),
+    ai("4319", "X..30", "return-to telephone"),
+    ai("4320", "X..35,pcenc", "service code description"),
+    ai("4321-4323", "N1,yesno", "dangerous goods, authority to leave, signature"),
+    ai("4324-4325", "N6,yymmd0 N4,hhmi", "not before / not after delivery date-time"),
+    ai("4326", "N6,yymmdd", "release date"),
+    ai("4330-4333", "N6 [X1,minus]", "max/min temperature, °F/°C"),
+    ai("7001", "N13", "NATO stock number"),
+    ai("7002", "X..30", "UNECE meat carcasses and cuts"),
+    ai("7003", "N6,yymmdd N4,hhmi", "expiration date and time"),
+    ai("7004", "N..4", "active potency"),
+    ai("7005", "X..12", "catch area"),
+    ai("7006", "N6,yymmdd", "first freeze date"),
+    ai("7007", "N6,yymmdd [N6,yymmdd]", "harvest date (range)"),
+    ai("7008", "X..3", "species for fishery purposes"),
+    ai("7009", "X..10", "fishing gear type"),
+    ai("7010", "X..2", "production method"),
+    ai("7011", "N6,yymmdd [N4,hhmi]", "test by date"),
+    ai("7020", "X..20", "refurbishment lot"),
+    ai("7021", "X..20", "functional status"),
+    ai("7022", "X..20", "revision status"),
+    ai("7023", "X..30", "GIAI of an assembly"),
+    ai("7030-7039", "N3 X..27", "approval number of processor 0-9"),
+    ai("7040", "N1 X1 X1 X1", "GS1 UIC with extension 1 and importer index"),
+    ai("7041", "X..4", "UN/CEFACT freight unit type"),
+    ai("710-717", "X..20", "national healthcare reimbursement numbers"),
+    ai("7230-7239", "X2 X..28", "certification references"),
+    ai("7240", "X..20", "protocol ID"),
+    ai("7241", "N2", "AIDC media type"),
+    ai("7242", "X..25", "version control number"),
+    ai("7250", "N8,yyyymmdd", "date of birth"),
+    ai("7251", "N8,yyyymmdd N4,hhmi", "date and time of birth"),
+    ai("7252", "N1,sex", "biological sex"),
+    ai("7253-7254", "X..40,pcenc", "family name, given name"),
+    ai("7255", "X..10", "name suffix"),
+    ai("7256", "X..90,pcenc", "full name"),
+    ai("7257", "X..70,pcenc", "address of a person"),
+    ai("7258", "X3", "baby birth sequence indicator"),
+    ai("7259", "X..40,pcenc", "baby of family name"),
+    ai("8001", "N4,nonzero N5,nonzero N3,nonzero N1,winding N1", "roll products"),
+    ai("8002", "X..20", "cellular mobile telephone identifier"),
+    ai("8003", "N1,zero N13,csum [X..16]", "GRAI"),
+    ai("8004", "X..30", "GIAI"),
+    ai("8005", "N6", "price per unit of measure"),
+    ai("8006", "N14,csum N4,pieceoftotal", "ITIP"),
+    ai("8007", "X..34", "IBAN"),
+    ai("8008", "N6,yymmdd N2,hh [N2,mi] [N2,ss]", "date and time of production"),
+    ai("8009", "X..50", "optically readable sensor indicator"),
+    ai("8010", "Y..30", "component/part identifier (CPID)"),
+    ai("8011", "N..12,nozeroprefix", "CPID serial number"),
+    ai("8012", "X..20", "software version"),
+    ai("8013", "X..25,csumalpha", "global model number (GMN)"),
+    ai("8014", "X..25,csumalpha,nondigit", "medical device UDI-DI (MUDI)"),
+    ai("8017-8018", "N18,csum", "GSRN provider / recipient"),
+    ai("8019", "N..10", "service relation instance number"),
+    ai("8020", "X..25", "payment slip reference number"),
+    ai("8026", "N14,csum N4,pieceoftotal", "ITIP of contained trade items"),
+    ai("8030", "Z..90", "digital signature"),
+    ai("8040-8041", "N15", "IMEI, second IMEI"),
+    ai("8042", "N32", "eSIM identifier (EID)"),
+    ai("8043", "N18 [N..2]", "physical SIM identifier (ICCID)"),
+    ai("8110", "X..70", "coupon code identification (North America)"),
+    ai("8111", "N4", "loyalty points of a coupon"),
+    ai("8112", "X..70", "paperless coupon code (North America)"),
+    ai("8200", "X..70", "extended packaging URL"),
+    ai("90", "X..30", "mutually agreed between trading partners"),
+    ai("91-99", "X..90", "company internal information"),
 ];
 
 /// The predefined-length table of the GS1 General Specifications (figure 5.10.1-2): AIs whose
@@ -436,7 +434,7 @@ const fn lint_named(s: &[u8], start: usize, end: usize) -> Lint {
 }
 
 /// Builds one table entry from its AI (range) and component spec; malformed input fails the build.
-const fn ai(range: &str, spec: &str) -> Entry {
+const fn ai(range: &str, spec: &str, title: &'static str) -> Entry {
     let r = range.as_bytes();
     let (lo, digits, i) = digits_at(r, 0);
     let hi = if i == r.len() {
@@ -450,7 +448,10 @@ const fn ai(range: &str, spec: &str) -> Entry {
         );
         hi
     };
-    assert!(digits >= 2 && digits <= 4, "GS1 table: an AI has 2 to 4 digits");
+    assert!(
+        digits >= 2 && digits <= 4,
+        "GS1 table: an AI has 2 to 4 digits"
+    );
     let pad = match digits {
         2 => 100,
         3 => 10,
@@ -471,12 +472,18 @@ const fn ai(range: &str, spec: &str) -> Entry {
             continue;
         }
         assert!(count < MAX_PARTS, "GS1 table: too many components");
-        assert!(!seen_variable, "GS1 table: only the last component may be variable");
+        assert!(
+            !seen_variable,
+            "GS1 table: only the last component may be variable"
+        );
         let optional = s[i] == b'[';
         if optional {
             i += 1;
         }
-        assert!(optional || !seen_optional, "GS1 table: mandatory after optional");
+        assert!(
+            optional || !seen_optional,
+            "GS1 table: mandatory after optional"
+        );
         let set = match s[i] {
             b'N' => Charset::Numeric,
             b'X' => Charset::Cset82,
@@ -490,7 +497,10 @@ const fn ai(range: &str, spec: &str) -> Entry {
             i += 2;
         }
         let (len, len_digits, next) = digits_at(s, i);
-        assert!(len_digits > 0 && len > 0 && len < 100, "GS1 table: bad length");
+        assert!(
+            len_digits > 0 && len > 0 && len < 100,
+            "GS1 table: bad length"
+        );
         i = next;
         let mut lints = [Lint::None; 2];
         let mut nl = 0;
@@ -528,6 +538,7 @@ const fn ai(range: &str, spec: &str) -> Entry {
     assert!(count > 0, "GS1 table: empty spec");
     assert!(max_len <= 99, "GS1 table: data longer than 99");
     Entry {
+        title,
         lo: lo * pad,
         hi: hi * pad,
         digits,

@@ -1,0 +1,424 @@
+//! The core pipeline end to end: the built binary, real mosquitto brokers, real ptys, real redb.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use edge_tests::{rss_kib, run_cli, wait_for, Agent, Broker, Collector, Pty, DEADLINE};
+use serde_json::Value;
+
+fn config(central: &Broker, sources: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "dc-test-01"
+[storage]
+path = "{{dir}}/buffer.redb"
+[upstream]
+url = "{}"
+format = "json"
+[[stations]]
+id = "pack-01"
+role = "packing"
+[[stations]]
+id = "recv-01"
+role = "receiving"
+{sources}
+[control]
+socket = "{{dir}}/control.sock"
+"#,
+        central.url()
+    )
+}
+
+fn serial_source(id: &str, pty: &Pty, station: &str) -> String {
+    format!(
+        "[[sources.serial]]\nid = \"{id}\"\npath = \"{}\"\nbaud = 9600\ndecoder = \"barcode\"\nstation = \"{station}\"\n",
+        pty.path.display()
+    )
+}
+
+fn vectors() -> Vec<Value> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/vectors/barcode.jsonl"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .collect()
+}
+
+#[test]
+fn every_barcode_vector_written_to_a_pty_arrives_upstream_as_expected() -> Result<()> {
+    let central = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/#")?;
+    let mut pty = Pty::open()?;
+    let agent = Agent::start(&config(
+        &central,
+        &serial_source("scanner-pack-01", &pty, "pack-01"),
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+
+    let cases = vectors();
+    ensure!(
+        cases.len() == 29,
+        "expected 29 vectors, found {}",
+        cases.len()
+    );
+    for c in &cases {
+        let input = c["input"].as_str().unwrap_or_default();
+        pty.write(format!("{input}\r\n").as_bytes())?;
+    }
+    let mut events = sink.wait_events(cases.len(), DEADLINE)?;
+    events.sort_by_key(|e| e["seq"].as_u64());
+    let mut failures = Vec::new();
+    for (c, e) in cases.iter().zip(&events) {
+        let note = c["note"].as_str().unwrap_or_default();
+        ensure!(
+            e["raw"] == base64(c["input"].as_str().unwrap_or_default()),
+            "events out of order at {note}: {e}"
+        );
+        for (k, want) in c["expect"].as_object().into_iter().flatten() {
+            let got = if k == "kind" {
+                &e["kind"]
+            } else {
+                &e["body"][k]
+            };
+            if got != want {
+                failures.push(format!("{note}: {k} = {got}, expected {want}"));
+            }
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "{} vectors failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+fn base64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+#[test]
+fn a_serial_and_an_mqtt_scanner_feed_one_agent_with_complete_envelopes_in_order() -> Result<()> {
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/#")?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let mut pty = Pty::open()?;
+    let sources = format!(
+        "{}[[sources.mqtt]]\nid = \"scanner-recv-01\"\nurl = \"{}\"\ntopics = [\"site/recv-01/scan\"]\ndecoder = \"barcode\"\nstation = \"recv-01\"\n",
+        serial_source("scanner-pack-01", &pty, "pack-01"),
+        site.url()
+    );
+    let agent = Agent::start(&config(&central, &sources))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    agent.wait_source("scanner-recv-01", "open")?;
+
+    let n = 200;
+    for i in 0..n {
+        pty.write(format!("LPN{i:06}\r\n").as_bytes())?;
+        device.publish("site/recv-01/scan", format!("ITEM{i:06}"))?;
+    }
+    let events = sink.wait_events(2 * n, DEADLINE)?;
+    let topics: Vec<String> = sink
+        .all()
+        .into_iter()
+        .filter(|r| r.topic.contains("/events/"))
+        .map(|r| r.topic)
+        .collect();
+
+    let mut ids = HashSet::new();
+    let mut per_source: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for (e, topic) in events.iter().zip(&topics) {
+        ensure!(e["schema"] == "edge.v1", "schema: {e}");
+        ensure!(e["site"] == "dc-test-01", "site: {e}");
+        let id = e["id"].as_str().unwrap_or_default();
+        ensure!(
+            id.len() == 36 && &id[14..15] == "7",
+            "id is not a UUID v7: {id}"
+        );
+        ensure!(ids.insert(id.to_string()), "duplicate id {id}");
+        let observed = e["observed_at"].as_str().unwrap_or_default();
+        ensure!(
+            observed.len() == 24 && observed.ends_with('Z') && &observed[19..20] == ".",
+            "observed_at is not RFC 3339 UTC with ms: {observed}"
+        );
+        ensure!(
+            e.get("replayed").is_none(),
+            "replayed on a first delivery: {e}"
+        );
+        ensure!(
+            topic
+                == &format!(
+                    "edge/dc-test-01/events/{}",
+                    e["kind"].as_str().unwrap_or("?")
+                ),
+            "topic {topic} for {e}"
+        );
+        let source = e["source"].as_str().unwrap_or_default().to_string();
+        let (station, role, kind) = match source.as_str() {
+            "scanner-pack-01" => ("pack-01", "packing", "shipment.scan"),
+            "scanner-recv-01" => ("recv-01", "receiving", "inventory.scan"),
+            other => anyhow::bail!("unknown source {other}"),
+        };
+        ensure!(
+            e["station"] == station && e["role"] == role && e["kind"] == kind,
+            "{e}"
+        );
+        per_source.entry(source).or_default().push((
+            e["seq"].as_u64().unwrap_or(0),
+            e["body"]["code"].as_str().unwrap_or("").to_string(),
+        ));
+    }
+    for (source, got) in &per_source {
+        ensure!(got.len() == n, "{source}: {} events", got.len());
+        for (i, w) in got.windows(2).enumerate() {
+            ensure!(
+                w[0].0 < w[1].0,
+                "{source}: seq not increasing at {i}: {w:?}"
+            );
+            ensure!(w[0].1 < w[1].1, "{source}: order not kept at {i}: {w:?}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn upstream_down_at_start_then_everything_stored_is_delivered() -> Result<()> {
+    let mut central = Broker::start()?;
+    central.stop();
+    let mut pty = Pty::open()?;
+    let agent = Agent::start(&config(
+        &central,
+        &serial_source("scanner-pack-01", &pty, "pack-01"),
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    for i in 0..50 {
+        pty.write(format!("LPN{i:06}\r\n").as_bytes())?;
+    }
+    let status = wait_for("50 events buffered", DEADLINE, || {
+        let s = agent.status().ok()?;
+        (s["backlog"] == 50).then_some(s)
+    })?;
+    ensure!(status["upstream"]["connected"] == false, "{status}");
+    ensure!(
+        status["upstream"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("connection refused"),
+        "status names the cause: {status}"
+    );
+
+    central.restart()?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    let events = sink.wait_events(50, Duration::from_secs(60))?;
+    let codes: Vec<&str> = events
+        .iter()
+        .map(|e| e["body"]["code"].as_str().unwrap_or(""))
+        .collect();
+    let want: Vec<String> = (0..50).map(|i| format!("LPN{i:06}")).collect();
+    ensure!(
+        codes == want,
+        "delivered out of order or incomplete: {codes:?}"
+    );
+    wait_for("the backlog to empty", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 0).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn garbage_input_becomes_exceptions_and_the_next_line_still_decodes() -> Result<()> {
+    let central = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/#")?;
+    let mut pty = Pty::open()?;
+    let agent = Agent::start(&config(
+        &central,
+        &serial_source("scanner-pack-01", &pty, "pack-01"),
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+
+    pty.write(b"\x00\x01\x02\xfe\xff\x1b[2J\r\n")?; // binary junk
+    pty.write(&vec![b'A'; 100 * 1024])?; // 100 kB without a newline
+    pty.write(b"\r\n")?;
+    pty.write(b"caf\xc3\x28\r\n")?; // invalid UTF-8
+    pty.write(b"]C100106141412345678908\r\n")?; // a good line
+    let events = sink.wait_events(4, DEADLINE)?;
+    let mut events = events;
+    events.sort_by_key(|e| e["seq"].as_u64());
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or(""))
+        .collect();
+    ensure!(
+        kinds == ["exception", "exception", "exception", "shipment.scan"],
+        "kinds {kinds:?}: {events:?}"
+    );
+    ensure!(
+        events[0]["body"]["reason"] == "invalid_barcode",
+        "{}",
+        events[0]
+    );
+    ensure!(
+        events[1]["body"]["reason"] == "undecodable",
+        "{}",
+        events[1]
+    );
+    ensure!(
+        events[1]["body"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("exceeds max_frame 4096 bytes"),
+        "{}",
+        events[1]
+    );
+    ensure!(
+        events[1]["raw"].as_str().unwrap_or("").len() <= 4096 * 4 / 3 + 4,
+        "raw is capped"
+    );
+    ensure!(
+        events[2]["body"]["reason"] == "invalid_barcode",
+        "{}",
+        events[2]
+    );
+    ensure!(
+        events[3]["body"]["sscc"] == "106141412345678908",
+        "{}",
+        events[3]
+    );
+    let rss = rss_kib(agent.pid().unwrap_or(0)).unwrap_or(u64::MAX);
+    ensure!(rss < 64 * 1024, "RSS {rss} KiB after garbage");
+    Ok(())
+}
+
+#[test]
+fn sigterm_stops_the_agent_cleanly_and_the_buffer_reopens() -> Result<()> {
+    let central = Broker::start()?;
+    let mut pty = Pty::open()?;
+    let mut agent = Agent::start(&config(
+        &central,
+        &serial_source("scanner-pack-01", &pty, "pack-01"),
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    pty.write(b"LPN1\r\n")?;
+    wait_for("one event stored", DEADLINE, || {
+        (agent.status().ok()?["storage"]["stored"] == 1).then_some(())
+    })?;
+    let status = agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ensure!(status.code() == Some(0), "exit {status:?}\n{}", agent.log());
+    ensure!(
+        !agent.socket.exists(),
+        "the control socket is removed on a clean stop"
+    );
+    let storage = agent.storage.display().to_string();
+    let (code, out, err) = run_cli(&["inspect", "--storage", &storage], &[])?;
+    ensure!(code == 0, "inspect: {err}");
+    ensure!(out.contains("stored:       1 events"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn check_config_lists_every_problem_and_run_exits_64_on_a_bad_file() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[site]\nid = \"Bad Site\"\n[upstream]\nurl = \"http://x\"\n[[sources.serial]]\nid = \"s1\"\npath = \"/dev/ttyUSB0\"\nbaud = 12345\ndecoder = \"barcode\"\nstation = \"nowhere\"\n",
+    )?;
+    let bad = bad.display().to_string();
+    let (code, _, err) = run_cli(&["check-config", "--config", &bad], &[])?;
+    ensure!(code == 2, "check-config exit {code}: {err}");
+    for want in [
+        "site.id: \"Bad Site\"",
+        "upstream.url: \"http://x\"",
+        "sources.serial[0].baud: 12345 is not a standard rate",
+        "sources.serial[0].station: \"nowhere\" is not a station",
+    ] {
+        ensure!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    let (code, _, err) = run_cli(&["run", "--config", &bad], &[])?;
+    ensure!(code == 64, "run exit {code}: {err}");
+
+    // Environment variables override the file key by key.
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[site]\nid = \"dc-1\"\n[upstream]\nurl = \"mqtt://127.0.0.1:1883\"\n",
+    )?;
+    let good = good.display().to_string();
+    let (code, _, _) = run_cli(&["check-config", "--config", &good], &[])?;
+    ensure!(code == 0, "good file");
+    let (code, _, err) = run_cli(
+        &["check-config", "--config", &good],
+        &[("EDGE_AGENT__UPSTREAM__MAX_INFLIGHT", "0")],
+    )?;
+    ensure!(
+        code == 2 && err.contains("upstream.max_inflight: 0"),
+        "env override: {err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_serial_port_is_retried_and_shown_in_status_with_its_cause() -> Result<()> {
+    let central = Broker::start()?;
+    let src = "[[sources.serial]]\nid = \"scanner-gone\"\npath = \"/dev/ttyEDGEAGENTNOPE0\"\nbaud = 9600\ndecoder = \"barcode\"\n";
+    let agent = Agent::start(&config(&central, src))?;
+    let s = agent.wait_source("scanner-gone", "retrying")?;
+    let detail = s["sources"]["scanner-gone"]["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    ensure!(
+        detail.contains("/dev/ttyEDGEAGENTNOPE0") && detail.contains("not found"),
+        "{detail}"
+    );
+    let (code, out, err) = run_cli(
+        &["status", "--socket", &agent.socket.display().to_string()],
+        &[],
+    )?;
+    ensure!(code == 0, "{err}");
+    ensure!(
+        out.contains("scanner-gone") && out.contains("retrying"),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unplugged_pty_is_reopened_when_it_comes_back() -> Result<()> {
+    let central = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/#")?;
+    let pty = Pty::open()?;
+    // A stable name for the port, as /dev/serial/by-id gives: a symlink we re-point.
+    let dir = tempfile::tempdir()?;
+    let link = dir.path().join("scanner");
+    std::os::unix::fs::symlink(&pty.path, &link)?;
+    let src = format!(
+        "[[sources.serial]]\nid = \"scanner-usb\"\npath = \"{}\"\nbaud = 9600\ndecoder = \"barcode\"\n",
+        link.display()
+    );
+    let agent = Agent::start(&config(&central, &src))?;
+    agent.wait_source("scanner-usb", "open")?;
+    pty.unplug();
+    agent.wait_source("scanner-usb", "retrying")?;
+    let mut pty2 = Pty::open()?;
+    std::fs::remove_file(&link)?;
+    std::os::unix::fs::symlink(&pty2.path, &link)?;
+    agent.wait_source("scanner-usb", "open")?;
+    pty2.write(b"LPN-AFTER-REPLUG\r\n")?;
+    let events = sink.wait_events(1, DEADLINE)?;
+    ensure!(
+        events[0]["body"]["code"] == "LPN-AFTER-REPLUG",
+        "{}",
+        events[0]
+    );
+    Ok(())
+}
