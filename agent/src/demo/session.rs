@@ -55,8 +55,11 @@ pub async fn run(dir: &Path, duration: Option<Duration>) -> anyhow::Result<Strin
     let (pty, tty) = devices::scanner_pty()?;
     let config = demo_config(dir, &url, &tty)?;
     let socket = config.control.resolved_socket();
-    eprintln!("edge-agent demo: embedded broker at {url}, simulated serial scanner on {}, buffer in {}; Ctrl-C stops",
-        tty.display(), dir.display());
+    eprintln!(
+        "edge-agent demo: embedded broker at {url}, simulated serial scanner on {}, buffer in {}; Ctrl-C stops",
+        tty.display(),
+        dir.display()
+    );
 
     let shutdown = CancellationToken::new();
     let agent_done = CancellationToken::new();
@@ -71,6 +74,7 @@ pub async fn run(dir: &Path, duration: Option<Duration>) -> anyhow::Result<Strin
 
     let devices_stop = CancellationToken::new();
     let running = async {
+        // Each branch is cancel-safe: polling status and waiting on tokens hold no state.
         tokio::select! {
             r = wait_until_open(&socket) => r?,
             _ = stop.cancelled() => return Ok(()),
@@ -101,8 +105,9 @@ pub async fn run(dir: &Path, duration: Option<Duration>) -> anyhow::Result<Strin
         Err(e) => Err(anyhow!("the agent's task failed: {e}")),
     };
     let counts = central.finish().await?;
-    running?;
+    // The agent's own error explains more than "it stopped".
     stopped?;
+    running?;
     let total: u64 = counts.values().sum();
     let by_kind: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
     Ok(format!(
