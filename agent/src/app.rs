@@ -90,7 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let sources = TaskTracker::new();
     let ctx = SourceContext {
         config: config.clone(),
-        writer,
+        writer: writer.clone(),
         status: status.clone(),
         shutdown: shutdown.clone(),
     };
@@ -100,6 +100,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     }
     sources.close();
     drop(ctx);
+
+    let notifier = std::sync::Arc::new(crate::systemd::Notifier::from_env());
+    notifier.notify("READY=1");
+    let supervisor = tokio::spawn(crate::systemd::supervise(
+        notifier.clone(),
+        writer.clone(),
+        store.clone(),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    drop(writer);
     tracing::info!(
         "edge-agent running: site {}, {} sources",
         config.site.id,
@@ -107,6 +118,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     );
 
     shutdown.cancelled().await;
+    notifier.notify("STOPPING=1");
+    let _ = supervisor.await;
     tracing::info!("stopping: sources first, then in-flight upstream events, then the buffer");
     if tokio::time::timeout(SOURCES_DEADLINE, sources.wait())
         .await

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod normalize;
 pub mod sources;
 pub mod status;
+pub mod systemd;
 pub mod time;
 pub mod upstream;
 

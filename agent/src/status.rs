@@ -42,6 +42,8 @@ pub struct StatusBoard {
     upstream: Mutex<UpstreamStatus>,
     storage_error: Mutex<Option<String>>,
     delivered: AtomicU64,
+    /// When the upstream task last went round its loop (ms since the epoch).
+    upstream_beat: AtomicU64,
     /// Bumped on every change of a source's state (the status topic republishes then).
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -57,6 +59,7 @@ impl Default for StatusBoard {
             }),
             storage_error: Mutex::new(None),
             delivered: AtomicU64::new(0),
+            upstream_beat: AtomicU64::new(crate::time::now_ms()),
             changes: tokio::sync::watch::channel(0).0,
         }
     }
@@ -107,6 +110,17 @@ impl StatusBoard {
         let mut u = lock(&self.upstream);
         u.connected = connected;
         u.detail = detail.into();
+    }
+
+    /// The upstream task is alive and going round its loop.
+    pub fn upstream_beat(&self) {
+        self.upstream_beat
+            .store(crate::time::now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn upstream_beat_age(&self) -> std::time::Duration {
+        let last = self.upstream_beat.load(Ordering::Relaxed);
+        std::time::Duration::from_millis(crate::time::now_ms().saturating_sub(last))
     }
 
     pub fn add_delivered(&self, n: u64) {

@@ -37,7 +37,14 @@ pub struct Scan {
 pub enum Decoded {
     Scan(Scan),
     NoRead,
-    Invalid { detail: String },
+    /// A GS1 or EAN/UPC code that breaks the standard (check digit, date, length, AI).
+    Invalid {
+        detail: String,
+    },
+    /// Bytes that are not a code at all (binary junk, invalid UTF-8, control characters).
+    Undecodable {
+        detail: String,
+    },
 }
 
 /// How a symbology's data is read.
@@ -210,7 +217,7 @@ pub fn decode(line: &[u8], no_read: &str) -> Decoded {
     }
     if reading.content == Content::Text {
         if let Err(detail) = check_text(reading.data, reading.prefix) {
-            return Decoded::Invalid { detail };
+            return Decoded::Undecodable { detail };
         }
     }
     match reading.gs1() {
@@ -243,6 +250,7 @@ pub fn to_body(decoded: Decoded, role: Option<Role>) -> Body {
             "the scanner sent its no-read text: it saw no readable code",
         ),
         Decoded::Invalid { detail } => Body::exception(ExceptionReason::InvalidBarcode, detail),
+        Decoded::Undecodable { detail } => Body::exception(ExceptionReason::Undecodable, detail),
         Decoded::Scan(scan) => scan_body(scan, role),
     }
 }
@@ -433,7 +441,7 @@ mod tests {
 
     fn invalid(line: &[u8]) -> String {
         match decode(line, "NOREAD") {
-            Decoded::Invalid { detail } => detail,
+            Decoded::Invalid { detail } | Decoded::Undecodable { detail } => detail,
             other => panic!("{line:?} is not invalid: {other:?}"),
         }
     }

@@ -96,8 +96,9 @@ impl Broker {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\nmax_queued_messages 100000\nmax_inflight_messages 100\n",
-                self.port
+                "listener {} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 100\n",
+                self.port,
+                self.dir.path().display()
             ),
         )?;
         let log = File::create(self.dir.path().join("mosquitto.log"))?;
@@ -118,11 +119,21 @@ impl Broker {
         Ok(())
     }
 
-    /// Kills it (the uplink goes down).
+    /// Stops it (the uplink goes down). SIGTERM, so that it saves its sessions: a
+    /// collector's persistent session gets what was published while it was away, as a real
+    /// central consumer would.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            if wait_for("mosquitto to stop", DEADLINE, || {
+                c.try_wait().ok().flatten()
+            })
+            .is_err()
+            {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
     }
 }
@@ -159,7 +170,8 @@ impl Received {
     }
 }
 
-/// An MQTT client subscribed to a filter (QoS 1), collecting every message on its own thread.
+/// An MQTT client subscribed to a filter (QoS 1) with a persistent session, collecting every
+/// message on its own thread; it reconnects by itself when its broker comes back.
 pub struct Collector {
     got: Arc<Mutex<Vec<Received>>>,
     client: rumqttc::Client,
@@ -170,6 +182,7 @@ impl Collector {
         let id = format!("collector-{}-{}", std::process::id(), free_port());
         let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_session(false);
         opts.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut conn) = rumqttc::Client::new(opts, 1000);
         client.subscribe(filter, rumqttc::QoS::AtLeastOnce)?;
@@ -195,7 +208,7 @@ impl Collector {
                             }
                         }
                         Ok(_) => {}
-                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
                     }
                 }
             });

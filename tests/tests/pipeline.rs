@@ -193,6 +193,7 @@ fn a_serial_and_an_mqtt_scanner_feed_one_agent_with_complete_envelopes_in_order(
 #[test]
 fn upstream_down_at_start_then_everything_stored_is_delivered() -> Result<()> {
     let mut central = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
     central.stop();
     let mut pty = Pty::open()?;
     let agent = Agent::start(&config(
@@ -217,7 +218,6 @@ fn upstream_down_at_start_then_everything_stored_is_delivered() -> Result<()> {
     );
 
     central.restart()?;
-    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
     let events = sink.wait_events(50, Duration::from_secs(60))?;
     let codes: Vec<&str> = events
         .iter()
@@ -262,7 +262,7 @@ fn garbage_input_becomes_exceptions_and_the_next_line_still_decodes() -> Result<
         "kinds {kinds:?}: {events:?}"
     );
     ensure!(
-        events[0]["body"]["reason"] == "invalid_barcode",
+        events[0]["body"]["reason"] == "undecodable",
         "{}",
         events[0]
     );
@@ -284,7 +284,7 @@ fn garbage_input_becomes_exceptions_and_the_next_line_still_decodes() -> Result<
         "raw is capped"
     );
     ensure!(
-        events[2]["body"]["reason"] == "invalid_barcode",
+        events[2]["body"]["reason"] == "undecodable",
         "{}",
         events[2]
     );
@@ -419,6 +419,46 @@ fn an_unplugged_pty_is_reopened_when_it_comes_back() -> Result<()> {
         events[0]["body"]["code"] == "LPN-AFTER-REPLUG",
         "{}",
         events[0]
+    );
+    Ok(())
+}
+
+#[test]
+fn mqtt_readings_published_while_the_agent_is_down_arrive_after_restart() -> Result<()> {
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let src = format!(
+        "[[sources.mqtt]]\nid = \"scanner-mqtt\"\nurl = \"{}\"\ntopics = [\"site/+/scan\"]\ndecoder = \"barcode\"\nstation = \"pack-01\"\n",
+        site.url()
+    );
+    let mut agent = Agent::start(&config(&central, &src))?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    device.publish("site/a/scan", "BEFORE-1")?;
+    sink.wait_events(1, DEADLINE)?;
+
+    let status = agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ensure!(status.code() == Some(0), "exit {status:?}");
+    for i in 0..20 {
+        device.publish("site/a/scan", format!("WHILE-DOWN-{i:02}"))?;
+    }
+    agent.restart()?;
+    let events = sink.wait_events(21, DEADLINE)?;
+    let codes: Vec<&str> = events
+        .iter()
+        .map(|e| e["body"]["code"].as_str().unwrap_or(""))
+        .collect();
+    let mut want = vec!["BEFORE-1".to_string()];
+    want.extend((0..20).map(|i| format!("WHILE-DOWN-{i:02}")));
+    ensure!(codes == want, "{codes:?}");
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap_or(0))
+        .collect();
+    ensure!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq continues across restarts: {seqs:?}"
     );
     Ok(())
 }

@@ -42,6 +42,8 @@ pub struct Appended {
 enum Command {
     Append(Reading, Option<oneshot::Sender<Appended>>),
     Ack(Vec<u64>),
+    /// Answered after the commit of its group: proves the writer is committing.
+    Ping(oneshot::Sender<()>),
 }
 
 /// The writer has stopped (shutdown); nothing more can be stored.
@@ -84,6 +86,16 @@ impl WriterHandle {
             .send(Command::Ack(seqs))
             .await
             .map_err(|_| WriterClosed)
+    }
+
+    /// Resolves once the writer has committed everything queued before it.
+    pub async fn ping(&self) -> Result<(), WriterClosed> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Ping(tx))
+            .await
+            .map_err(|_| WriterClosed)?;
+        rx.await.map_err(|_| WriterClosed)
     }
 
     /// The highest committed seq; changes after every commit that stored events.
@@ -159,6 +171,7 @@ impl Writer {
         let mut rows = Vec::new();
         let mut acks = Vec::new();
         let mut confirms = Vec::new();
+        let mut pings = Vec::new();
         let mut seq = self.next_seq;
         for cmd in group.drain(..) {
             match cmd {
@@ -172,6 +185,7 @@ impl Writer {
                     seq += 1;
                 }
                 Command::Ack(seqs) => acks.extend(seqs),
+                Command::Ping(p) => pings.push(p),
             }
         }
         let mut backoff = Duration::from_millis(50);
@@ -217,6 +231,9 @@ impl Writer {
         }
         if !rows.is_empty() {
             self.committed.send_replace(seq - 1);
+        }
+        for p in pings {
+            let _ = p.send(());
         }
     }
 

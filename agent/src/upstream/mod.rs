@@ -28,6 +28,9 @@ use crate::control::status_json;
 use crate::status::StatusBoard;
 use rate::TokenBucket;
 
+/// The upstream task proves it is alive at least this often (for the systemd watchdog).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// How long a stopping agent waits for PUBACKs of what is already in flight.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -117,10 +120,17 @@ impl Upstream {
                     self.status.set_upstream(false, why);
                 }
             }
-            tokio::select! {
-                // Cancel-safe: sleeping holds no state.
-                _ = tokio::time::sleep(backoff.next_delay()) => {}
-                _ = self.shutdown.cancelled() => return,
+            let until = tokio::time::Instant::now() + backoff.next_delay();
+            let mut beat = tokio::time::interval(HEARTBEAT);
+            loop {
+                self.status.upstream_beat();
+                tokio::select! {
+                    // Cancel-safe: sleeping holds no state.
+                    _ = tokio::time::sleep_until(until) => break,
+                    // Cancel-safe: interval ticks are not lost.
+                    _ = beat.tick() => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
             }
         }
     }
@@ -146,7 +156,9 @@ impl Upstream {
         let mut status_changes = self.status.changes();
         let every = self.config.control.status_interval.0;
         let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut beat = tokio::time::interval(HEARTBEAT);
         let ended = loop {
+            self.status.upstream_beat();
             let wait_tokens = bucket.wait();
             tokio::select! {
                 // Cancel-safe: a cancelled token stays cancelled.
@@ -173,6 +185,8 @@ impl Upstream {
                 _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() && conn.connected && !conn.caught_up => {}
                 // Cancel-safe: interval ticks are not lost.
                 _ = status_tick.tick(), if conn.connected => self.publish_status(&client, &mut conn).await,
+                // Cancel-safe: interval ticks are not lost. Only beats the heartbeat (above).
+                _ = beat.tick() => {}
                 // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
                 r = status_changes.changed(), if conn.connected => {
                     if r.is_ok() { self.publish_status(&client, &mut conn).await; }
