@@ -249,6 +249,9 @@ pub struct MqttSource {
     /// MQTT client id, stable so the broker keeps the session; default `edge-agent-{site.id}-{id}`.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// MQTT 5 Receive Maximum: messages the broker may have unacknowledged with us at once.
+    #[serde(default = "defaults::receive_maximum")]
+    pub receive_maximum: u16,
 }
 
 /// `[sources]`.
@@ -336,6 +339,9 @@ mod defaults {
     }
     pub fn keep_alive() -> Span {
         Span(Duration::from_secs(30))
+    }
+    pub fn receive_maximum() -> u16 {
+        100
     }
     pub fn no_read() -> String {
         "NOREAD".into()
@@ -830,6 +836,12 @@ fn validate(cfg: &Config, c: &mut Collector) {
         check_common(c, &key, &s.id, &s.station, s.decoder, s.max_frame);
         if let Err(e) = check_mqtt_url(&s.url) {
             c.push(format!("{key}.url"), e);
+        }
+        if s.receive_maximum == 0 {
+            c.push(
+                format!("{key}.receive_maximum"),
+                "0 would receive nothing; use 1 to 65535",
+            );
         }
         if s.topics.is_empty() {
             c.push(format!("{key}.topics"), "list at least one topic filter");

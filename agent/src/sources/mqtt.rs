@@ -1,11 +1,20 @@
-//! MQTT devices on the site's broker. Subscribed with QoS 1, a stable client id and a
-//! persistent session; a message is acknowledged (PUBACK) only after its reading is committed,
-//! so whatever the agent has not stored the broker still holds and redelivers.
+//! MQTT devices on the site's broker. MQTT 5, subscribed with QoS 1, a stable client id and a
+//! persistent session (kept by the broker for `SESSION_EXPIRY` while the agent is away); a
+//! message is acknowledged (PUBACK) only after its reading is committed, so whatever the agent
+//! has not stored the broker still holds and redelivers.
+//!
+//! MQTT 5's Receive Maximum (`receive_maximum`) is the flow control: the broker never has more
+//! than that many messages unacknowledged with us, which bounds both memory and what a crash
+//! can make the broker redeliver (committed, but the PUBACK not yet sent).
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::{mpsc, oneshot};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use std::collections::VecDeque;
+
+use tokio::sync::oneshot;
 
 use super::SourceContext;
 use crate::backoff::Backoff;
@@ -14,8 +23,13 @@ use crate::config::{parse_mqtt_url, MqttSource};
 use crate::normalize::Normalizer;
 use crate::status::SourceState;
 
-/// Acks waiting for their commit, at most.
-const ACK_QUEUE: usize = 4096;
+/// How long the site broker keeps our session (subscriptions and undelivered messages) while
+/// the agent is away.
+const SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Requests (PUBACKs, subscriptions) queued for the event loop at most. Far above any broker's
+/// in-flight window, which bounds how many PUBACKs can be outstanding.
+const REQUESTS: usize = 10_000;
 
 impl MqttSource {
     fn client_id(&self, site: &str) -> String {
@@ -28,11 +42,13 @@ impl MqttSource {
         let addr = parse_mqtt_url(&self.url)?;
         let mut o = MqttOptions::new(self.client_id(site), addr.host, addr.port);
         o.set_keep_alive(Duration::from_secs(30));
-        o.set_clean_session(false);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(SESSION_EXPIRY.as_secs() as u32));
+        o.set_receive_maximum(Some(self.receive_maximum));
         o.set_manual_acks(true);
         // A device message larger than max_frame becomes an exception, not a dropped
-        // connection: accept generously up to 1 MiB (mosquitto's own default allows more).
-        o.set_max_packet_size(self.max_frame.max(1 << 20) + 1024, 1 << 20);
+        // connection: accept generously up to 1 MiB.
+        o.set_max_packet_size(Some((self.max_frame.max(1 << 20) + 1024) as u32));
         Ok(o)
     }
 
@@ -54,19 +70,32 @@ impl MqttSource {
             &self.no_read,
             self.max_frame,
         );
-        let (client, mut eventloop) = AsyncClient::new(opts, 256);
-        let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
-        let acker = tokio::spawn(ack_after_commit(client.clone(), ack_rx));
+        let (client, mut eventloop) = AsyncClient::new(opts, REQUESTS);
+        // Readings queued for commit, oldest first, with the message to acknowledge after it.
+        let mut unacked: VecDeque<(oneshot::Receiver<Appended>, Publish)> = VecDeque::new();
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let event = tokio::select! {
-                // Cancel-safe enough: we only cancel poll() at shutdown, and then drop the
-                // connection; an unacknowledged message is redelivered by the broker.
+                // Acks first: every committed reading's PUBACK leaves before more is read, so
+                // what a crash can make the broker redeliver stays as small as one commit group.
+                biased;
+                // Cancel-safe: awaiting `&mut Receiver` leaves it in place if not ready.
+                committed = oldest(&mut unacked), if !unacked.is_empty() => {
+                    self.ack_oldest(&client, &mut unacked, committed);
+                    self.ack_committed(&client, &mut unacked);
+                    continue;
+                }
+                // Cancel-safe enough: rumqttc reads into a buffer it keeps; we only drop this
+                // future when another branch won, and poll it again right after.
                 e = eventloop.poll() => e,
                 _ = ctx.shutdown.cancelled() => break,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != ConnectReturnCode::Success {
+                        tracing::warn!(source = %self.id, "site broker {} refused: {:?}", self.url, ack.code);
+                        continue;
+                    }
                     backoff.reset();
                     ctx.status.set_source(
                         &self.id,
@@ -84,8 +113,12 @@ impl MqttSource {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if !self.store(&mut norm, &ctx, p, &ack_tx).await {
-                        break;
+                    let reading = norm.message(&p.payload);
+                    ctx.status.source_reading(&self.id, reading.observed_ms);
+                    // Waits only when the writer's queue is full: back-pressure on the broker.
+                    match ctx.writer.append_confirmed(reading).await {
+                        Ok(confirmed) => unacked.push_back((confirmed, p)),
+                        Err(_) => break,
                     }
                 }
                 Ok(_) => {}
@@ -109,24 +142,71 @@ impl MqttSource {
                 }
             }
         }
-        drop(ack_tx);
-        finish(client, eventloop, acker).await;
+        self.finish(client, eventloop, unacked).await;
     }
 
-    /// Queues the reading and its ack; false if the agent is stopping.
-    async fn store(
+    /// Acknowledges the oldest queued message once its reading is committed.
+    fn ack_oldest(
         &self,
-        norm: &mut Normalizer,
-        ctx: &SourceContext,
-        p: Publish,
-        acks: &mpsc::Sender<(oneshot::Receiver<Appended>, Publish)>,
-    ) -> bool {
-        let reading = norm.message(&p.payload);
-        ctx.status.source_reading(&self.id, reading.observed_ms);
-        match ctx.writer.append_confirmed(reading).await {
-            Ok(confirmed) => acks.send((confirmed, p)).await.is_ok(),
-            Err(_) => false,
+        client: &AsyncClient,
+        unacked: &mut VecDeque<(oneshot::Receiver<Appended>, Publish)>,
+        committed: bool,
+    ) {
+        let Some((_, publish)) = unacked.pop_front() else {
+            return;
+        };
+        if !committed {
+            // Not stored (the agent is stopping): no PUBACK, the broker redelivers it.
+            return;
         }
+        // The request queue is far larger than the broker's in-flight window, so this only
+        // fails if the connection is gone; then the broker redelivers the message.
+        if let Err(e) = client.try_ack(&publish) {
+            tracing::debug!(source = %self.id, "PUBACK not sent ({e}); the broker will redeliver");
+        }
+    }
+
+    /// Acknowledges every queued message whose reading is already committed (a commit group
+    /// confirms many at once), stopping at the first that is not.
+    fn ack_committed(
+        &self,
+        client: &AsyncClient,
+        unacked: &mut VecDeque<(oneshot::Receiver<Appended>, Publish)>,
+    ) {
+        while let Some((rx, _)) = unacked.front_mut() {
+            let committed = match rx.try_recv() {
+                Ok(_) => true,
+                Err(oneshot::error::TryRecvError::Closed) => false,
+                Err(oneshot::error::TryRecvError::Empty) => return,
+            };
+            self.ack_oldest(client, unacked, committed);
+        }
+    }
+
+    /// At shutdown: acknowledge what the writer commits, then disconnect cleanly.
+    async fn finish(
+        &self,
+        client: AsyncClient,
+        mut eventloop: EventLoop,
+        mut unacked: VecDeque<(oneshot::Receiver<Appended>, Publish)>,
+    ) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !unacked.is_empty() {
+                tokio::select! {
+                    // Cancel-safe: see the main loop.
+                    committed = oldest(&mut unacked) => self.ack_oldest(&client, &mut unacked, committed),
+                    r = eventloop.poll() => if r.is_err() { return },
+                }
+            }
+            let _ = client.try_disconnect();
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
     }
 
     fn describe(&self, e: &ConnectionError) -> String {
@@ -143,43 +223,10 @@ impl MqttSource {
     }
 }
 
-/// Sends each PUBACK once its reading is committed, in arrival order.
-async fn ack_after_commit(
-    client: AsyncClient,
-    mut rx: mpsc::Receiver<(oneshot::Receiver<Appended>, Publish)>,
-) {
-    while let Some((confirmed, publish)) = rx.recv().await {
-        if confirmed.await.is_err() {
-            // Not committed (agent stopping): no ack, the broker redelivers it.
-            continue;
-        }
-        if client.ack(&publish).await.is_err() {
-            return;
-        }
+/// Resolves when the oldest queued reading's commit is decided: true if committed.
+async fn oldest(unacked: &mut VecDeque<(oneshot::Receiver<Appended>, Publish)>) -> bool {
+    match unacked.front_mut() {
+        Some((rx, _)) => rx.await.is_ok(),
+        None => std::future::pending().await,
     }
-}
-
-/// At shutdown: let the acks of committed readings go out, then disconnect cleanly.
-async fn finish(
-    client: AsyncClient,
-    mut eventloop: EventLoop,
-    mut acker: tokio::task::JoinHandle<()>,
-) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            tokio::select! {
-                // Cancel-safe: the other branch only wins when the acker finished.
-                _ = &mut acker => break,
-                r = eventloop.poll() => if r.is_err() { return },
-            }
-        }
-        let _ = client.try_disconnect();
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
 }
