@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use edge_agent::buffer::{spawn_writer, Reading, Store};
+use edge_agent::buffer::{spawn_writer, Capacity, Reading, Store};
 use edge_agent::status::StatusBoard;
 use edge_protocol::event::{Body, ShipmentScan};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,7 @@ async fn run(producers: u64, confirmed: bool) -> anyhow::Result<(f64, u64)> {
         store.clone(),
         "dc-bench".into(),
         Duration::from_secs(3600),
+        Capacity::unlimited(),
         Arc::new(StatusBoard::default()),
         CancellationToken::new(),
     )?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::buffer::{spawn_writer, Store};
+use crate::buffer::{spawn_writer, Capacity, Store};
 use crate::config::Config;
 use crate::control::socket;
 use crate::sources::{build_all, SourceContext};
@@ -59,6 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         store.clone(),
         config.site.id.as_str().into(),
         config.storage.retain_delivered.0,
+        Capacity::from_max_bytes(config.storage.max_bytes.0, config.storage.on_full),
         status.clone(),
         writer_cancel.clone(),
     )?;

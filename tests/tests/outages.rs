@@ -201,3 +201,144 @@ fn the_uplink_dropping_mid_drain_loses_nothing_and_repeats_the_same_ids() -> Res
     ensure!(by_code.len() == n, "{} of {n} delivered", by_code.len());
     Ok(())
 }
+
+fn with_capacity(text: String, on_full: &str) -> String {
+    text.replace(
+        "path = \"{dir}/buffer.redb\"\n",
+        &format!("path = \"{{dir}}/buffer.redb\"\nmax_bytes = \"1MiB\"\non_full = \"{on_full}\"\n"),
+    )
+}
+
+#[test]
+fn a_full_buffer_drops_the_oldest_and_reports_every_drop_to_central() -> Result<()> {
+    const N: usize = 20_000;
+    let mut central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    central.stop();
+    let agent = Agent::start(&with_capacity(config(&central, &site), "drop_oldest"))?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    for i in 0..N {
+        device.publish("site/scan", format!("LPN{i:06}"))?;
+    }
+    let st = wait_for(
+        "every reading stored or dropped",
+        Duration::from_secs(120),
+        || {
+            let s = agent.status().ok()?;
+            (s["backlog"].as_u64()? + s["dropped"].as_u64()? >= N as u64).then_some(s)
+        },
+    )?;
+    let file = st["storage"]["file_bytes"].as_u64().unwrap_or(u64::MAX);
+    ensure!(
+        file <= 1024 * 1024 * 3 / 2,
+        "buffer file {file} bytes, cap 1 MiB"
+    );
+    ensure!(st["dropped"].as_u64().unwrap_or(0) > 0, "{st}");
+
+    central.restart()?;
+    let reported = |events: &[serde_json::Value]| -> u64 {
+        events
+            .iter()
+            .filter(|e| e["body"]["reason"] == "dropped")
+            .map(|e| e["body"]["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let events = wait_for(
+        "the drops reported and the rest delivered",
+        Duration::from_secs(120),
+        || {
+            let e = sink.events();
+            let scans = e.iter().filter(|e| e["kind"] == "shipment.scan").count() as u64;
+            (scans > 0 && scans + reported(&e) >= N as u64).then_some(e)
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    let delivered: BTreeSet<String> = events
+        .iter()
+        .filter(|e| e["kind"] == "shipment.scan")
+        .map(|e| e["body"]["code"].as_str().unwrap_or("").to_string())
+        .collect();
+    let dropped = reported(&events);
+    println!(
+        "scan events {}, distinct {}, reported dropped {dropped} in {} reports, status {}",
+        events
+            .iter()
+            .filter(|e| e["kind"] == "shipment.scan")
+            .count(),
+        delivered.len(),
+        events
+            .iter()
+            .filter(|e| e["body"]["reason"] == "dropped")
+            .count(),
+        agent.status()?["dropped"]
+    );
+    ensure!(
+        delivered.len() as u64 + dropped == N as u64,
+        "{} delivered + {dropped} reported dropped != {N}\n{}",
+        delivered.len(),
+        agent.log()
+    );
+    // The newest survive: what was delivered is the tail of what was read.
+    let first = format!("LPN{:06}", N - delivered.len());
+    ensure!(
+        delivered.iter().next() == Some(&first),
+        "oldest delivered {:?}, expected {first}",
+        delivered.iter().next()
+    );
+    let st = agent.status()?;
+    ensure!(
+        st["dropped"].as_u64() == Some(dropped),
+        "status dropped {} vs reported {dropped}",
+        st["dropped"]
+    );
+    let reports = events
+        .iter()
+        .filter(|e| e["body"]["reason"] == "dropped")
+        .count();
+    ensure!(
+        reports <= 3,
+        "{reports} drop reports: one per episode, not one per event"
+    );
+    Ok(())
+}
+
+#[test]
+fn under_reject_new_mqtt_readings_wait_in_the_site_broker_and_none_is_lost() -> Result<()> {
+    const N: usize = 5_000;
+    let mut central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    central.stop();
+    let agent = Agent::start(&with_capacity(config(&central, &site), "reject_new"))?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    for i in 0..N {
+        device.publish("site/scan", format!("LPN{i:06}"))?;
+    }
+    let st = agent.wait_source("scanner-mqtt", "retrying")?;
+    let detail = st["sources"]["scanner-mqtt"]["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    ensure!(
+        detail.contains("buffer full") && detail.contains("reject_new"),
+        "{detail}"
+    );
+    let backlog = st["backlog"].as_u64().unwrap_or(0);
+    ensure!(backlog > 0 && backlog < N as u64, "backlog {backlog}");
+
+    central.restart()?;
+    let events = sink.wait_events(N, Duration::from_secs(120))?;
+    let codes: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["body"]["code"].as_str())
+        .collect();
+    ensure!(codes.len() == N, "{} distinct of {N}", codes.len());
+    ensure!(
+        agent.status()?["dropped"] == 0,
+        "nothing counted as dropped"
+    );
+    Ok(())
+}

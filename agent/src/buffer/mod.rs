@@ -9,8 +9,14 @@
 //!   the order readings were taken (per source, and across sources in arrival order).
 //! - `pending`: `u64` seq → `()`. The events not yet acknowledged by upstream (PUBACK). The
 //!   backlog is this table's length; the oldest pending event is its first key.
-//! - `meta`: `&str` → `u64`: `next_seq` (survives even when every event was pruned) and
-//!   `dropped` (events deleted undelivered, for status).
+//! - `meta`: `&str` → `u64`: `next_seq` (survives even when every event was pruned),
+//!   `dropped` (events deleted or refused undelivered, for status) and `stored_bytes` (the sum
+//!   of the `events` values, kept in the same transactions, so capacity needs no scan).
+//!
+//! Capacity: the values may take half of `storage.max_bytes` (the rest is B-tree structure and
+//! the free pages a copy-on-write commit needs). A commit that would go over first deletes the
+//! oldest rows: delivered ones freely, undelivered ones only under `on_full = "drop_oldest"`
+//! (each counted as dropped); under `reject_new` it refuses the newest readings instead.
 //!
 //! Invariants: a seq in `pending` is always in `events`. `next_seq` is above every key.
 //!
@@ -35,5 +41,8 @@
 mod store;
 mod writer;
 
-pub use store::{inspect, BufferStats, Inspection, PendingRow, Store, StoreError};
+pub use store::{
+    inspect, BufferStats, Capacity, CommitOutcome, Inspection, NewRow, PendingRow, Store,
+    StoreError,
+};
 pub use writer::{spawn_writer, Appended, Reading, WriterHandle};

@@ -6,12 +6,81 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use crate::config::OnFull;
+
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const PENDING: TableDefinition<u64, ()> = TableDefinition::new("pending");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 const NEXT_SEQ: &str = "next_seq";
 const DROPPED: &str = "dropped";
+const STORED_BYTES: &str = "stored_bytes";
+
+/// One event to store.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    pub seq: u64,
+    pub observed_ms: u64,
+    /// The CBOR envelope.
+    pub cbor: Vec<u8>,
+    /// Under reject_new, a refused row counts as dropped (a serial line: nobody else holds it),
+    /// or not (an MQTT message: its broker keeps it, as it is not acknowledged).
+    pub count_if_rejected: bool,
+}
+
+impl NewRow {
+    /// Bytes the row takes in the `events` table's values.
+    pub fn stored_len(&self) -> u64 {
+        8 + self.cbor.len() as u64
+    }
+}
+
+/// How much the buffer may hold and what gives way when it is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Bytes of stored values at most.
+    pub budget: u64,
+    pub on_full: OnFull,
+}
+
+impl Capacity {
+    /// From `storage.max_bytes`: values may take half of the file; the rest is B-tree structure
+    /// and the free pages a copy-on-write commit needs.
+    pub fn from_max_bytes(max_bytes: u64, on_full: OnFull) -> Capacity {
+        Capacity {
+            budget: max_bytes / 2,
+            on_full,
+        }
+    }
+
+    /// Readings one commit may take: a commit's pages are new until it is durable, so a small
+    /// buffer takes small groups (an eighth of its budget, at ~400 bytes a reading).
+    pub fn max_group(&self) -> usize {
+        ((self.budget / 8 / 400) as usize).clamp(16, 8192)
+    }
+
+    pub fn unlimited() -> Capacity {
+        Capacity {
+            budget: u64::MAX / 2,
+            on_full: OnFull::DropOldest,
+        }
+    }
+}
+
+/// What a commit did besides storing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// Rows of the group stored (a prefix of it).
+    pub stored: usize,
+    /// Rows of the group refused (reject_new).
+    pub rejected: usize,
+    /// Undelivered events deleted or refused and counted as dropped.
+    pub dropped: u64,
+    /// The newest undelivered event deleted to make room, if any.
+    pub dropped_last_seq: u64,
+    /// Acknowledged events that had been counted as dropped (deleted while in flight).
+    pub undropped: u64,
+}
 
 /// Why the buffer could not be opened, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -120,35 +189,82 @@ impl Store {
         Ok(meta.get(NEXT_SEQ)?.map(|g| g.value()).unwrap_or(1))
     }
 
-    /// Commits appended events and upstream acknowledgements in one durable transaction.
+    /// Commits appended rows and upstream acknowledgements in one durable transaction, keeping
+    /// the stored payload within `cap` (see `Capacity`).
     pub fn commit(
         &self,
-        events: &[(u64, u64, Vec<u8>)],
+        rows: &[NewRow],
         acked: &[u64],
         next_seq: u64,
-    ) -> Result<(), StoreError> {
+        cap: Capacity,
+    ) -> Result<CommitOutcome, StoreError> {
         let txn = self.db.begin_write()?;
+        let mut out = CommitOutcome::default();
         {
             let mut ev = txn.open_table(EVENTS)?;
             let mut pending = txn.open_table(PENDING)?;
-            let mut value = Vec::new();
-            for (seq, observed_ms, cbor) in events {
-                value.clear();
-                value.extend_from_slice(&observed_ms.to_be_bytes());
-                value.extend_from_slice(cbor);
-                ev.insert(*seq, value.as_slice())?;
-                pending.insert(*seq, ())?;
-            }
+            let mut meta = txn.open_table(META)?;
             for seq in acked {
-                pending.remove(*seq)?;
+                // Gone from both tables: it was dropped for room while its PUBACK was on the
+                // way. It was delivered after all, so it no longer counts as dropped.
+                if pending.remove(*seq)?.is_none() && ev.get(*seq)?.is_none() {
+                    out.undropped += 1;
+                }
             }
-            if !events.is_empty() {
-                let mut meta = txn.open_table(META)?;
+            let mut bytes = meta.get(STORED_BYTES)?.map(|g| g.value()).unwrap_or(0);
+            let need: u64 = rows.iter().map(NewRow::stored_len).sum();
+            // Make room, oldest first: delivered rows go freely; undelivered ones only under
+            // drop_oldest, and each is counted as dropped.
+            while bytes + need > cap.budget {
+                let Some((seq, len)) = ev
+                    .first()?
+                    .map(|(k, v)| (k.value(), v.value().len() as u64))
+                else {
+                    break;
+                };
+                let undelivered = pending.get(seq)?.is_some();
+                if undelivered && cap.on_full == OnFull::RejectNew {
+                    break;
+                }
+                ev.remove(seq)?;
+                bytes = bytes.saturating_sub(len);
+                if undelivered {
+                    pending.remove(seq)?;
+                    out.dropped += 1;
+                    out.dropped_last_seq = seq;
+                }
+            }
+            let mut value = Vec::new();
+            for row in rows {
+                if bytes + row.stored_len() > cap.budget && cap.on_full == OnFull::RejectNew {
+                    // This and every later row of the group are refused (order is kept).
+                    out.rejected = rows.len() - out.stored;
+                    out.dropped += rows[out.stored..]
+                        .iter()
+                        .filter(|r| r.count_if_rejected)
+                        .count() as u64;
+                    break;
+                }
+                value.clear();
+                value.extend_from_slice(&row.observed_ms.to_be_bytes());
+                value.extend_from_slice(&row.cbor);
+                ev.insert(row.seq, value.as_slice())?;
+                pending.insert(row.seq, ())?;
+                bytes += row.stored_len();
+                out.stored += 1;
+            }
+            meta.insert(STORED_BYTES, bytes)?;
+            if !rows.is_empty() {
                 meta.insert(NEXT_SEQ, next_seq)?;
+            }
+            if out.dropped > 0 || out.undropped > 0 {
+                let total = (meta.get(DROPPED)?.map(|g| g.value()).unwrap_or(0) + out.dropped)
+                    .saturating_sub(out.undropped);
+                meta.insert(DROPPED, total)?;
             }
         }
         txn.commit()?;
-        Ok(())
+        Ok(out)
     }
 
     /// Deletes delivered events observed before `cutoff_ms`, at most `limit` of them, oldest
@@ -171,9 +287,17 @@ impl Store {
                     doomed.push(seq);
                 }
             }
+            let mut freed = 0u64;
             for seq in doomed {
-                ev.remove(seq)?;
+                if let Some(v) = ev.remove(seq)? {
+                    freed += v.value().len() as u64;
+                }
                 deleted += 1;
+            }
+            if freed > 0 {
+                let mut meta = txn.open_table(META)?;
+                let bytes = meta.get(STORED_BYTES)?.map(|g| g.value()).unwrap_or(0);
+                meta.insert(STORED_BYTES, bytes.saturating_sub(freed))?;
             }
         }
         txn.commit()?;
@@ -307,6 +431,71 @@ pub fn inspect(path: &Path, sample: usize) -> Result<Inspection, StoreError> {
 mod tests {
     use super::*;
 
+    fn row(seq: u64, observed_ms: u64, cbor: Vec<u8>) -> NewRow {
+        NewRow {
+            seq,
+            observed_ms,
+            cbor,
+            count_if_rejected: true,
+        }
+    }
+
+    #[test]
+    fn drop_oldest_deletes_delivered_rows_first_then_counts_undelivered_ones() {
+        let (_dir, s) = store();
+        // Each row takes 8 + 92 = 100 bytes; room for 5.
+        let cap = Capacity {
+            budget: 500,
+            on_full: OnFull::DropOldest,
+        };
+        let rows: Vec<_> = (1..=5).map(|i| row(i, i, vec![0; 92])).collect();
+        assert_eq!(
+            s.commit(&rows, &[], 6, cap).map(|o| o.dropped).ok(),
+            Some(0)
+        );
+        s.commit(&[], &[1], 6, cap)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let more: Vec<_> = (6..=7).map(|i| row(i, i, vec![0; 92])).collect();
+        let out = s
+            .commit(&more, &[], 8, cap)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((out.stored, out.dropped, out.dropped_last_seq), (2, 1, 2));
+        let seqs: Vec<u64> = s
+            .events_from(0, 10)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![3, 4, 5, 6, 7]);
+        assert_eq!(s.stats().map(|st| st.dropped).ok(), Some(1));
+    }
+
+    #[test]
+    fn reject_new_keeps_what_is_stored_and_refuses_the_rest_in_order() {
+        let (_dir, s) = store();
+        let cap = Capacity {
+            budget: 300,
+            on_full: OnFull::RejectNew,
+        };
+        let mut rows: Vec<_> = (1..=4).map(|i| row(i, i, vec![0; 92])).collect();
+        rows[3].count_if_rejected = false;
+        let out = s
+            .commit(&rows, &[], 5, cap)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((out.stored, out.rejected, out.dropped), (3, 1, 0));
+        // Delivered rows make room again: the oldest delivered one (1) goes, 2 stays for replay.
+        s.commit(&[], &[1, 2], 5, cap)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = s
+            .commit(&[row(5, 5, vec![0; 92])], &[], 6, cap)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((out.stored, out.rejected), (1, 0));
+        assert_eq!(
+            s.stats().map(|st| (st.backlog, st.stored)).ok(),
+            Some((2, 3))
+        );
+    }
+
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = Store::open(&dir.path().join("sub/buffer.redb")).unwrap_or_else(|e| panic!("{e}"));
@@ -316,9 +505,13 @@ mod tests {
     #[test]
     fn appended_events_are_pending_until_acked_and_survive_reopen() {
         let (dir, s) = store();
-        let rows: Vec<_> = (1..=5).map(|i| (i, 1000 + i, vec![i as u8; 3])).collect();
-        s.commit(&rows, &[], 6).unwrap_or_else(|e| panic!("{e}"));
-        s.commit(&[], &[1, 3], 6).unwrap_or_else(|e| panic!("{e}"));
+        let rows: Vec<_> = (1..=5)
+            .map(|i| row(i, 1000 + i, vec![i as u8; 3]))
+            .collect();
+        s.commit(&rows, &[], 6, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.commit(&[], &[1, 3], 6, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
         let got: Vec<u64> = s
             .pending_after(0, 10)
             .unwrap_or_default()
@@ -343,9 +536,10 @@ mod tests {
     #[test]
     fn pruning_deletes_only_old_delivered_events() {
         let (_dir, s) = store();
-        let rows: Vec<_> = (1..=4).map(|i| (i, i * 10, vec![0])).collect();
-        s.commit(&rows, &[], 5).unwrap_or_else(|e| panic!("{e}"));
-        s.commit(&[], &[1, 2, 4], 5)
+        let rows: Vec<_> = (1..=4).map(|i| row(i, i * 10, vec![0])).collect();
+        s.commit(&rows, &[], 5, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.commit(&[], &[1, 2, 4], 5, Capacity::unlimited())
             .unwrap_or_else(|e| panic!("{e}"));
         // 1 and 2 delivered and old; 3 pending; 4 delivered but newer than the cutoff.
         assert_eq!(s.prune_delivered(35, 100).ok(), Some(2));

@@ -7,14 +7,12 @@ use edge_protocol::{Body, Envelope, Role};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::store::Store;
+use super::store::{Capacity, CommitOutcome, NewRow, Store};
 use crate::status::StatusBoard;
 use crate::time::{format_rfc3339_ms, now_ms};
 
 /// Commands queued beyond this make senders wait (back-pressure on the sources).
 const QUEUE: usize = 16_384;
-/// One commit takes at most this many commands.
-const MAX_GROUP: usize = 8_192;
 /// How often delivered events past `retain_delivered` are pruned, and how many per pass.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 const PRUNE_LIMIT: usize = 10_000;
@@ -31,10 +29,13 @@ pub struct Reading {
     pub raw: Vec<u8>,
 }
 
-/// Confirms that a reading is committed, with its seq.
+/// What became of a reading that asked for confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub seq: u64,
+pub enum Appended {
+    /// Committed with this seq.
+    Committed(u64),
+    /// Refused: the buffer is full and `on_full = "reject_new"`. Do not acknowledge it.
+    Refused,
 }
 
 // Nearly every command is an Append, so boxing it would only add an allocation per reading.
@@ -44,6 +45,27 @@ enum Command {
     Ack(Vec<u64>),
     /// Answered after the commit of its group: proves the writer is committing.
     Ping(oneshot::Sender<()>),
+    /// Periodic: closes a drop episode, prunes, commits the agent's own events.
+    Tick,
+    /// Acknowledgements are waiting in their own channel.
+    Wake,
+}
+
+/// How often the writer is ticked.
+const TICK: Duration = Duration::from_secs(5);
+/// While the buffer keeps dropping, central hears about it at least this often.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// A stretch of time during which the full buffer dropped or refused readings.
+struct Episode {
+    started: Instant,
+    last_report: Instant,
+    /// Dropped since the last report.
+    count: u64,
+    /// Dropped in the whole episode.
+    total: u64,
+    /// Whether the last commit or tick dropped anything.
+    active: bool,
 }
 
 /// The writer has stopped (shutdown); nothing more can be stored.
@@ -55,6 +77,9 @@ pub struct WriterClosed;
 #[derive(Clone)]
 pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
+    /// Upstream acknowledgements bypass the queue of readings: a PUBACK must not wait behind
+    /// thousands of readings (and be dropped meanwhile as if undelivered).
+    acks: mpsc::UnboundedSender<Vec<u64>>,
     committed: watch::Receiver<u64>,
 }
 
@@ -80,12 +105,12 @@ impl WriterHandle {
         Ok(rx)
     }
 
-    /// Marks events delivered (upstream PUBACK).
+    /// Marks events delivered (upstream PUBACK). Bounded by upstream's in-flight window.
     pub async fn ack(&self, seqs: Vec<u64>) -> Result<(), WriterClosed> {
-        self.tx
-            .send(Command::Ack(seqs))
-            .await
-            .map_err(|_| WriterClosed)
+        self.acks.send(seqs).map_err(|_| WriterClosed)?;
+        // Wake the writer if it is idle; if its queue is full it is busy and drains acks first.
+        let _ = self.tx.try_send(Command::Wake);
+        Ok(())
     }
 
     /// Resolves once the writer has committed everything queued before it.
@@ -110,26 +135,44 @@ pub fn spawn_writer(
     store: Store,
     site: Arc<str>,
     retain: Duration,
+    capacity: Capacity,
     status: Arc<StatusBoard>,
     cancel: CancellationToken,
 ) -> Result<(WriterHandle, tokio::task::JoinHandle<()>), super::StoreError> {
     let next_seq = store.next_seq()?;
     let (tx, rx) = mpsc::channel(QUEUE);
+    let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+    // The ticker holds only a weak sender, so the writer still stops when every handle is gone.
+    let weak = tx.downgrade();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+        loop {
+            every.tick().await;
+            let Some(tx) = weak.upgrade() else { return };
+            if tx.send(Command::Tick).await.is_err() {
+                return;
+            }
+        }
+    });
     let (committed_tx, committed_rx) = watch::channel(next_seq.saturating_sub(1));
     let writer = Writer {
         store,
         site,
         next_seq,
         retain,
+        capacity,
         status,
         cancel,
         committed: committed_tx,
         last_prune: Instant::now(),
+        episode: None,
+        own: Vec::new(),
     };
-    let join = tokio::task::spawn_blocking(move || writer.run(rx));
+    let join = tokio::task::spawn_blocking(move || writer.run(rx, acks_rx));
     Ok((
         WriterHandle {
             tx,
+            acks: acks_tx,
             committed: committed_rx,
         },
         join,
@@ -141,25 +184,37 @@ struct Writer {
     site: Arc<str>,
     next_seq: u64,
     retain: Duration,
+    capacity: Capacity,
     status: Arc<StatusBoard>,
     cancel: CancellationToken,
     committed: watch::Sender<u64>,
     last_prune: Instant,
+    episode: Option<Episode>,
+    /// The agent's own events (drop reports) for the next commit.
+    own: Vec<Reading>,
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut group = Vec::with_capacity(MAX_GROUP);
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, mut acks: mpsc::UnboundedReceiver<Vec<u64>>) {
+        let max_group = self.capacity.max_group();
+        let mut group = Vec::with_capacity(max_group);
         while let Some(first) = rx.blocking_recv() {
             group.push(first);
-            while group.len() < MAX_GROUP {
+            while group.len() < max_group {
                 match rx.try_recv() {
                     Ok(c) => group.push(c),
                     Err(_) => break,
                 }
             }
+            while let Ok(seqs) = acks.try_recv() {
+                group.push(Command::Ack(seqs));
+            }
             self.commit_group(&mut group);
             group.clear();
+            if !self.own.is_empty() {
+                // The agent's own report goes out without waiting for device traffic.
+                self.commit_group(&mut group);
+            }
             if self.last_prune.elapsed() >= PRUNE_EVERY {
                 self.prune();
             }
@@ -172,27 +227,46 @@ impl Writer {
         let mut acks = Vec::new();
         let mut confirms = Vec::new();
         let mut pings = Vec::new();
+        let mut ticked = false;
         let mut seq = self.next_seq;
-        for cmd in group.drain(..) {
-            match cmd {
-                Command::Append(r, confirm) => {
-                    let observed_ms = r.observed_ms;
-                    let cbor = self.envelope(seq, r).to_cbor();
-                    rows.push((seq, observed_ms, cbor));
-                    if let Some(c) = confirm {
-                        confirms.push((c, seq));
-                    }
-                    seq += 1;
+        let own = std::mem::take(&mut self.own);
+        let appends = own
+            .into_iter()
+            .map(|r| (r, None))
+            .chain(group.drain(..).filter_map(|cmd| match cmd {
+                Command::Append(r, confirm) => Some((r, confirm)),
+                Command::Ack(seqs) => {
+                    acks.extend(seqs);
+                    None
                 }
-                Command::Ack(seqs) => acks.extend(seqs),
-                Command::Ping(p) => pings.push(p),
-            }
+                Command::Ping(p) => {
+                    pings.push(p);
+                    None
+                }
+                Command::Tick => {
+                    ticked = true;
+                    None
+                }
+                Command::Wake => None,
+            }))
+            .collect::<Vec<_>>();
+        for (r, confirm) in appends {
+            let observed_ms = r.observed_ms;
+            let cbor = self.envelope(seq, r).to_cbor();
+            rows.push(NewRow {
+                seq,
+                observed_ms,
+                cbor,
+                count_if_rejected: confirm.is_none(),
+            });
+            confirms.push(confirm);
+            seq += 1;
         }
         let mut backoff = Duration::from_millis(50);
         let mut failing = false;
-        loop {
-            match self.store.commit(&rows, &acks, seq) {
-                Ok(()) => {
+        let outcome = loop {
+            match self.store.commit(&rows, &acks, seq, self.capacity) {
+                Ok(outcome) => {
                     if failing {
                         tracing::info!(
                             "buffer file {}: writing again",
@@ -200,7 +274,7 @@ impl Writer {
                         );
                         self.status.set_storage_error(None);
                     }
-                    break;
+                    break outcome;
                 }
                 Err(e) => {
                     if !failing {
@@ -223,18 +297,111 @@ impl Writer {
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        }
+        };
         self.next_seq = seq;
-        for (c, seq) in confirms {
-            // A source that stopped waiting no longer needs the confirmation.
-            let _ = c.send(Appended { seq });
+        for (i, (c, row)) in confirms.into_iter().zip(&rows).enumerate() {
+            if let Some(c) = c {
+                let answer = if i < outcome.stored {
+                    Appended::Committed(row.seq)
+                } else {
+                    Appended::Refused
+                };
+                // A source that stopped waiting no longer needs the answer.
+                let _ = c.send(answer);
+            }
         }
-        if !rows.is_empty() {
-            self.committed.send_replace(seq - 1);
+        if outcome.stored > 0 {
+            if let Some(last) = rows.get(outcome.stored - 1) {
+                self.committed.send_replace(last.seq);
+            }
         }
         for p in pings {
             let _ = p.send(());
         }
+        if outcome.undropped > 0 {
+            if let Some(ep) = &mut self.episode {
+                ep.count = ep.count.saturating_sub(outcome.undropped);
+                ep.total = ep.total.saturating_sub(outcome.undropped);
+            }
+        }
+        self.track_drops(&outcome, !rows.is_empty(), ticked);
+    }
+
+    /// Logs a drop episode once, and reports it to central as one `exception` (reason
+    /// `dropped`, with `count`) when it ends, or every `DROP_REPORT_EVERY` while it lasts.
+    fn track_drops(&mut self, outcome: &CommitOutcome, had_rows: bool, ticked: bool) {
+        let now = Instant::now();
+        if outcome.dropped > 0 {
+            let ep = self.episode.get_or_insert_with(|| {
+                tracing::warn!(
+                    "buffer full (storage.max_bytes {} bytes, on_full = {:?}): dropping readings; every drop is counted and reported",
+                    self.capacity.budget / 6 * 10,
+                    self.capacity.on_full
+                );
+                Episode {
+                    started: now,
+                    last_report: now,
+                    count: 0,
+                    total: 0,
+                    active: true,
+                }
+            });
+            ep.count += outcome.dropped;
+            ep.total += outcome.dropped;
+            ep.active = true;
+        } else if had_rows || ticked {
+            if let Some(ep) = &mut self.episode {
+                // A tick with no drop since the previous one, or a commit that needed none.
+                if had_rows || !ep.active {
+                    let ep = self.episode.take();
+                    if let Some(ep) = ep {
+                        tracing::info!(
+                            "buffer no longer full: {} readings dropped in {:?}",
+                            ep.total,
+                            now - ep.started
+                        );
+                        self.report_drops(ep.count, now - ep.last_report, true);
+                    }
+                    return;
+                }
+                ep.active = false;
+            }
+        }
+        if let Some(ep) = &mut self.episode {
+            if now - ep.last_report >= DROP_REPORT_EVERY && ep.count > 0 {
+                let (count, since) = (ep.count, now - ep.last_report);
+                ep.count = 0;
+                ep.last_report = now;
+                self.report_drops(count, since, false);
+            }
+        }
+    }
+
+    fn report_drops(&mut self, count: u64, over: Duration, ended: bool) {
+        if count == 0 {
+            return;
+        }
+        let detail = format!(
+            "buffer full (storage.max_bytes, on_full = {}): {count} undelivered readings dropped in the last {}s{}",
+            match self.capacity.on_full {
+                crate::config::OnFull::DropOldest => "drop_oldest: the oldest were deleted",
+                crate::config::OnFull::RejectNew => "reject_new: new serial readings were refused",
+            },
+            over.as_secs(),
+            if ended { "; the buffer has room again" } else { "; still full" }
+        );
+        self.own.push(Reading {
+            source: "edge-agent".into(),
+            station: None,
+            role: None,
+            observed_ms: now_ms(),
+            body: Body::Exception(edge_protocol::event::Exception {
+                reason: edge_protocol::event::ExceptionReason::Dropped,
+                detail,
+                count: Some(count),
+            }),
+            raw: Vec::new(),
+        });
     }
 
     fn envelope(&self, seq: u64, r: Reading) -> Envelope {

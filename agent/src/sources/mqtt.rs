@@ -70,25 +70,64 @@ impl MqttSource {
             &self.no_read,
             self.max_frame,
         );
-        let (client, mut eventloop) = AsyncClient::new(opts, REQUESTS);
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        // While the buffer refuses readings, look again soon: room comes back as upstream drains.
+        let mut full_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        loop {
+            // A fresh session object each time: after refusing readings (buffer full under
+            // reject_new) we reconnect so the broker redelivers what we did not acknowledge.
+            let (client, eventloop) = AsyncClient::new(opts.clone(), REQUESTS);
+            match self
+                .session(&client, eventloop, &mut norm, &ctx, &mut backoff)
+                .await
+            {
+                Exit::Shutdown => return,
+                Exit::Refused => {
+                    let why = format!(
+                        "buffer full (storage.on_full = \"reject_new\"): not taking readings from {}; the site broker keeps them until there is room",
+                        self.url
+                    );
+                    tracing::warn!(source = %self.id, "{why}");
+                    ctx.status.set_source(&self.id, SourceState::Retrying, why);
+                    tokio::select! {
+                        // Cancel-safe: sleeping holds no state.
+                        _ = tokio::time::sleep(full_backoff.next_delay()) => {}
+                        _ = ctx.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// One MQTT session: runs until shutdown, or until the buffer refuses a reading.
+    async fn session(
+        &self,
+        client: &AsyncClient,
+        mut eventloop: EventLoop,
+        norm: &mut Normalizer,
+        ctx: &SourceContext,
+        backoff: &mut Backoff,
+    ) -> Exit {
         // Readings queued for commit, oldest first, with the message to acknowledge after it.
         let mut unacked: VecDeque<(oneshot::Receiver<Appended>, Publish)> = VecDeque::new();
-        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        loop {
+        let exit = loop {
             let event = tokio::select! {
                 // Acks first: every committed reading's PUBACK leaves before more is read, so
                 // what a crash can make the broker redeliver stays as small as one commit group.
                 biased;
                 // Cancel-safe: awaiting `&mut Receiver` leaves it in place if not ready.
-                committed = oldest(&mut unacked), if !unacked.is_empty() => {
-                    self.ack_oldest(&client, &mut unacked, committed);
-                    self.ack_committed(&client, &mut unacked);
+                outcome = oldest(&mut unacked), if !unacked.is_empty() => {
+                    let mut refused = self.ack_oldest(client, &mut unacked, outcome);
+                    refused |= self.ack_committed(client, &mut unacked);
+                    if refused {
+                        break Exit::Refused;
+                    }
                     continue;
                 }
                 // Cancel-safe enough: rumqttc reads into a buffer it keeps; we only drop this
                 // future when another branch won, and poll it again right after.
                 e = eventloop.poll() => e,
-                _ = ctx.shutdown.cancelled() => break,
+                _ = ctx.shutdown.cancelled() => break Exit::Shutdown,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -118,7 +157,7 @@ impl MqttSource {
                     // Waits only when the writer's queue is full: back-pressure on the broker.
                     match ctx.writer.append_confirmed(reading).await {
                         Ok(confirmed) => unacked.push_back((confirmed, p)),
-                        Err(_) => break,
+                        Err(_) => break Exit::Shutdown,
                     }
                 }
                 Ok(_) => {}
@@ -137,56 +176,63 @@ impl MqttSource {
                     tokio::select! {
                         // Cancel-safe: sleeping holds no state.
                         _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = ctx.shutdown.cancelled() => break,
+                        _ = ctx.shutdown.cancelled() => break Exit::Shutdown,
                     }
                 }
             }
-        }
+        };
         self.finish(client, eventloop, unacked).await;
+        exit
     }
 
-    /// Acknowledges the oldest queued message once its reading is committed.
+    /// Acknowledges the oldest queued message once its reading is committed; true if the
+    /// buffer refused it.
     fn ack_oldest(
         &self,
         client: &AsyncClient,
         unacked: &mut VecDeque<(oneshot::Receiver<Appended>, Publish)>,
-        committed: bool,
-    ) {
+        outcome: Option<Appended>,
+    ) -> bool {
         let Some((_, publish)) = unacked.pop_front() else {
-            return;
+            return false;
         };
-        if !committed {
-            // Not stored (the agent is stopping): no PUBACK, the broker redelivers it.
-            return;
+        match outcome {
+            Some(Appended::Committed(_)) => {}
+            // Refused (buffer full) or not stored (stopping): no PUBACK, the broker redelivers.
+            Some(Appended::Refused) => return true,
+            None => return false,
         }
         // The request queue is far larger than the broker's in-flight window, so this only
         // fails if the connection is gone; then the broker redelivers the message.
         if let Err(e) = client.try_ack(&publish) {
             tracing::debug!(source = %self.id, "PUBACK not sent ({e}); the broker will redeliver");
         }
+        false
     }
 
     /// Acknowledges every queued message whose reading is already committed (a commit group
-    /// confirms many at once), stopping at the first that is not.
+    /// confirms many at once), stopping at the first that is not; true if any was refused.
     fn ack_committed(
         &self,
         client: &AsyncClient,
         unacked: &mut VecDeque<(oneshot::Receiver<Appended>, Publish)>,
-    ) {
+    ) -> bool {
+        let mut refused = false;
         while let Some((rx, _)) = unacked.front_mut() {
-            let committed = match rx.try_recv() {
-                Ok(_) => true,
-                Err(oneshot::error::TryRecvError::Closed) => false,
-                Err(oneshot::error::TryRecvError::Empty) => return,
+            let outcome = match rx.try_recv() {
+                Ok(a) => Some(a),
+                Err(oneshot::error::TryRecvError::Closed) => None,
+                Err(oneshot::error::TryRecvError::Empty) => return refused,
             };
-            self.ack_oldest(client, unacked, committed);
+            refused |= self.ack_oldest(client, unacked, outcome);
         }
+        refused
     }
 
     /// At shutdown: acknowledge what the writer commits, then disconnect cleanly.
     async fn finish(
         &self,
-        client: AsyncClient,
+        client: &AsyncClient,
         mut eventloop: EventLoop,
         mut unacked: VecDeque<(oneshot::Receiver<Appended>, Publish)>,
     ) {
@@ -194,7 +240,7 @@ impl MqttSource {
             while !unacked.is_empty() {
                 tokio::select! {
                     // Cancel-safe: see the main loop.
-                    committed = oldest(&mut unacked) => self.ack_oldest(&client, &mut unacked, committed),
+                    outcome = oldest(&mut unacked) => { self.ack_oldest(client, &mut unacked, outcome); }
                     r = eventloop.poll() => if r.is_err() { return },
                 }
             }
@@ -223,10 +269,18 @@ impl MqttSource {
     }
 }
 
-/// Resolves when the oldest queued reading's commit is decided: true if committed.
-async fn oldest(unacked: &mut VecDeque<(oneshot::Receiver<Appended>, Publish)>) -> bool {
+/// Resolves when the oldest queued reading's fate is decided (None: the writer stopped).
+async fn oldest(
+    unacked: &mut VecDeque<(oneshot::Receiver<Appended>, Publish)>,
+) -> Option<Appended> {
     match unacked.front_mut() {
-        Some((rx, _)) => rx.await.is_ok(),
+        Some((rx, _)) => rx.await.ok(),
         None => std::future::pending().await,
     }
+}
+
+/// Why a session ended.
+enum Exit {
+    Shutdown,
+    Refused,
 }
