@@ -95,6 +95,13 @@ fn every_reading_survives_kill_9_during_ingest_and_drain_and_an_uplink_drop() ->
     sink.wait_events(N / 3, DEADLINE)?;
     let status = agent.signal(nix::sys::signal::Signal::SIGKILL)?;
     ensure!(status.code().is_none(), "killed mid-drain: {status:?}");
+    // An operator can look into the buffer of the killed agent.
+    let storage = agent.storage.display().to_string();
+    let (code, out, err) = edge_tests::run_cli(&["inspect", "--storage", &storage], &[])?;
+    ensure!(
+        code == 0 && out.contains("pending:"),
+        "inspect after kill -9: {err}{out}"
+    );
     agent.restart()?;
 
     let events = wait_for("every reading upstream", Duration::from_secs(120), || {

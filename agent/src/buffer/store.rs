@@ -388,15 +388,50 @@ pub struct Inspection {
     pub stats: BufferStats,
     /// The oldest and newest few stored events: (seq, pending, CBOR envelope).
     pub sample: Vec<(u64, bool, Vec<u8>)>,
+    /// The file was not closed cleanly; a repaired copy was inspected.
+    pub repaired_copy: bool,
 }
 
 /// Opens a buffer file read-only (the agent must be stopped) and reads counts and a sample.
+///
+/// A file left by a killed agent (or a power cut) needs redb's repair, which a read-only open
+/// cannot do: then a copy is repaired and inspected, and the original is left untouched (the
+/// agent repairs it when it starts).
 pub fn inspect(path: &Path, sample: usize) -> Result<Inspection, StoreError> {
-    let db = redb::ReadOnlyDatabase::open(path).map_err(|source| StoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let stats = stats_of(&db, path)?;
+    match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => inspect_db(&db, path, sample),
+        Err(redb::DatabaseError::RepairAborted) => {
+            let copy = std::env::temp_dir()
+                .join(format!("edge-agent-inspect-{}.redb", std::process::id()));
+            std::fs::copy(path, &copy).map_err(|source| StoreError::CreateDir {
+                path: copy.clone(),
+                source,
+            })?;
+            let result = Database::create(&copy)
+                .map_err(|source| StoreError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+                .and_then(|db| inspect_db(&db, path, sample));
+            let _ = std::fs::remove_file(&copy);
+            result.map(|mut i| {
+                i.repaired_copy = true;
+                i
+            })
+        }
+        Err(source) => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn inspect_db(
+    db: &impl ReadableDatabase,
+    path: &Path,
+    sample: usize,
+) -> Result<Inspection, StoreError> {
+    let stats = stats_of(db, path)?;
     let txn = db.begin_read()?;
     let ev = txn.open_table(EVENTS)?;
     let pending = txn.open_table(PENDING)?;
@@ -424,7 +459,11 @@ pub fn inspect(path: &Path, sample: usize) -> Result<Inspection, StoreError> {
     for (seq, v) in tail.into_iter().rev() {
         push(seq, &v)?;
     }
-    Ok(Inspection { stats, sample: out })
+    Ok(Inspection {
+        stats,
+        sample: out,
+        repaired_copy: false,
+    })
 }
 
 #[cfg(test)]
