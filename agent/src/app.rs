@@ -69,11 +69,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         path: socket_path.clone(),
         source,
     })?;
+    let (replay_tx, replay_rx) = tokio::sync::mpsc::channel(16);
     let control = tokio::spawn(socket::serve(
         listener,
         socket_path,
         store.clone(),
         status.clone(),
+        replay_tx,
         shutdown.clone(),
     ));
 
@@ -84,6 +86,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             writer: writer.clone(),
             status: status.clone(),
             shutdown: shutdown.clone(),
+            replays: replay_rx,
         }
         .run(),
     );

@@ -99,7 +99,14 @@ fn main() -> ExitCode {
             if let Some(u) = until {
                 req["until"] = Value::String(u);
             }
-            client(&path, req, |v| println!("{v}"))
+            client(&path, req, |v| {
+                println!(
+                    "replaying {} delivered events observed from {} to {}",
+                    v["replaying"],
+                    v["since"].as_str().unwrap_or("?"),
+                    v["until"].as_str().unwrap_or("?")
+                )
+            })
         }
         Command::Demo { duration } => edge_agent::demo::run(duration),
         Command::Inspect { storage } => match edge_agent::control::inspect(&storage) {

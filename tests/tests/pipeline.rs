@@ -462,3 +462,93 @@ fn mqtt_readings_published_while_the_agent_is_down_arrive_after_restart() -> Res
     );
     Ok(())
 }
+
+#[test]
+fn replay_sends_delivered_events_again_with_their_ids_from_the_socket_and_from_mqtt() -> Result<()>
+{
+    let central = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/#")?;
+    let mut pty = Pty::open()?;
+    let agent = Agent::start(&config(
+        &central,
+        &serial_source("scanner-pack-01", &pty, "pack-01"),
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    for i in 0..30 {
+        pty.write(format!("LPN{i:06}\r\n").as_bytes())?;
+    }
+    let first = sink.wait_events(30, DEADLINE)?;
+    wait_for("the backlog to empty", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 0).then_some(())
+    })?;
+    let since = first[10]["observed_at"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let until = first[19]["observed_at"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let in_window = first
+        .iter()
+        .filter(|e| {
+            let t = e["observed_at"].as_str().unwrap_or_default();
+            t >= since.as_str() && t <= until.as_str()
+        })
+        .count();
+
+    let socket = agent.socket.display().to_string();
+    let (code, out, err) = run_cli(
+        &[
+            "replay", "--socket", &socket, "--since", &since, "--until", &until,
+        ],
+        &[],
+    )?;
+    ensure!(code == 0, "replay: {err}");
+    ensure!(
+        out.contains(&format!("replaying {in_window} delivered events")),
+        "{out}"
+    );
+    let all = sink.wait_events(30 + in_window, DEADLINE)?;
+    let replayed: Vec<&Value> = all.iter().filter(|e| e["replayed"] == true).collect();
+    ensure!(
+        replayed.len() == in_window,
+        "{} replayed, expected {in_window}",
+        replayed.len()
+    );
+    for r in &replayed {
+        let orig = first.iter().find(|e| e["id"] == r["id"]);
+        ensure!(orig.is_some(), "a replayed event has a new id: {r}");
+        if let Some(o) = orig {
+            ensure!(
+                o["seq"] == r["seq"]
+                    && o["observed_at"] == r["observed_at"]
+                    && o["body"] == r["body"],
+                "{o} vs {r}"
+            );
+        }
+    }
+
+    // The same through MQTT, from central.
+    sink.publish(
+        "edge/dc-test-01/cmd/replay",
+        format!("{{\"since\":\"{since}\",\"until\":\"{until}\"}}"),
+    )?;
+    let all = sink
+        .wait_events(30 + 2 * in_window, DEADLINE)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    ensure!(
+        all.iter().filter(|e| e["replayed"] == true).count() == 2 * in_window,
+        "MQTT replay"
+    );
+
+    let (code, _, err) = run_cli(
+        &["replay", "--socket", &socket, "--since", "yesterday"],
+        &[],
+    )?;
+    ensure!(
+        code != 0 && err.contains("not an RFC 3339 time"),
+        "bad time: {err}"
+    );
+    Ok(())
+}

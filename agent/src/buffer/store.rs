@@ -333,6 +333,69 @@ impl Store {
         stats_of(self.db.as_ref(), &self.path)
     }
 
+    /// Delivered events observed in `[since_ms, until_ms]`, in seq order from seq `from`: up to
+    /// `limit` of them, looking at no more than `scan` rows. Returns them and the seq to go on
+    /// from (None when the table is exhausted).
+    pub fn delivered_in_window(
+        &self,
+        from: u64,
+        since_ms: u64,
+        until_ms: u64,
+        limit: usize,
+        scan: usize,
+    ) -> Result<(Vec<PendingRow>, Option<u64>), StoreError> {
+        let txn = self.db.begin_read()?;
+        let ev = txn.open_table(EVENTS)?;
+        let pending = txn.open_table(PENDING)?;
+        let mut out = Vec::new();
+        let mut next = None;
+        for (looked, row) in ev.range(from..)?.enumerate() {
+            let (k, v) = row?;
+            let seq = k.value();
+            if out.len() >= limit || looked >= scan {
+                next = Some(seq);
+                break;
+            }
+            let Ok((observed_ms, cbor)) = split_value(seq, v.value()) else {
+                continue;
+            };
+            if observed_ms < since_ms || observed_ms > until_ms || pending.get(seq)?.is_some() {
+                continue;
+            }
+            out.push(PendingRow {
+                seq,
+                observed_ms,
+                cbor: cbor.to_vec(),
+            });
+        }
+        Ok((out, next))
+    }
+
+    /// How many delivered events were observed in `[since_ms, until_ms]` (a full scan).
+    pub fn count_delivered_in_window(
+        &self,
+        since_ms: u64,
+        until_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let ev = txn.open_table(EVENTS)?;
+        let pending = txn.open_table(PENDING)?;
+        let mut n = 0;
+        for row in ev.range::<u64>(..)? {
+            let (k, v) = row?;
+            let Ok((observed_ms, _)) = split_value(k.value(), v.value()) else {
+                continue;
+            };
+            if observed_ms >= since_ms
+                && observed_ms <= until_ms
+                && pending.get(k.value())?.is_none()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Up to `limit` stored events (pending or not) in seq order, from seq `from`.
     pub fn events_from(
         &self,

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::Store;
 use crate::status::StatusBoard;
+use crate::upstream::{parse_replay, ReplayRequest};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -42,6 +44,7 @@ pub async fn serve(
     path: PathBuf,
     store: Store,
     board: Arc<StatusBoard>,
+    replays: mpsc::Sender<ReplayRequest>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -51,8 +54,9 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     let store = store.clone();
                     let board = board.clone();
+                    let replays = replays.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = handle(stream, store, board).await {
+                        if let Err(e) = handle(stream, store, board, replays).await {
                             tracing::debug!("control socket client: {e}");
                         }
                     });
@@ -65,11 +69,16 @@ pub async fn serve(
     let _ = std::fs::remove_file(&path);
 }
 
-async fn handle(stream: UnixStream, store: Store, board: Arc<StatusBoard>) -> io::Result<()> {
+async fn handle(
+    stream: UnixStream,
+    store: Store,
+    board: Arc<StatusBoard>,
+    replays: mpsc::Sender<ReplayRequest>,
+) -> io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r.take(MAX_REQUEST as u64 * 16)).lines();
     while let Some(line) = lines.next_line().await? {
-        let reply = answer(&line, &store, &board).await;
+        let reply = answer(&line, &store, &board, &replays).await;
         let mut out = reply.to_string();
         out.push('\n');
         w.write_all(out.as_bytes()).await?;
@@ -77,7 +86,12 @@ async fn handle(stream: UnixStream, store: Store, board: Arc<StatusBoard>) -> io
     Ok(())
 }
 
-async fn answer(line: &str, store: &Store, board: &StatusBoard) -> Value {
+async fn answer(
+    line: &str,
+    store: &Store,
+    board: &StatusBoard,
+    replays: &mpsc::Sender<ReplayRequest>,
+) -> Value {
     if line.len() > MAX_REQUEST {
         return json!({"error": "request too long"});
     }
@@ -94,7 +108,31 @@ async fn answer(line: &str, store: &Store, board: &StatusBoard) -> Value {
                 Err(e) => json!({"error": e.to_string()}),
             }
         }
-        Some("replay") => json!({"error": "replay is not available in this build yet"}),
+        Some("replay") => {
+            let req = match parse_replay(line.as_bytes()) {
+                Ok(r) => r,
+                Err(e) => return json!({"error": format!("replay: {e}")}),
+            };
+            let (since, until) = (req.since_ms, req.until_ms);
+            let s = store.clone();
+            let count = match tokio::task::spawn_blocking(move || {
+                s.count_delivered_in_window(since, until)
+            })
+            .await
+            {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return json!({"error": e.to_string()}),
+                Err(e) => return json!({"error": e.to_string()}),
+            };
+            if replays.send(req).await.is_err() {
+                return json!({"error": "the agent is stopping"});
+            }
+            json!({
+                "replaying": count,
+                "since": crate::time::format_rfc3339_ms(since),
+                "until": crate::time::format_rfc3339_ms(until),
+            })
+        }
         Some(other) => {
             json!({"error": format!("unknown cmd {other:?}; use \"status\" or \"replay\"")})
         }

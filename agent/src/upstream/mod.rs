@@ -6,6 +6,9 @@
 //! their packet id, `inflight` maps packet ids to seqs until the PUBACK. When the connection
 //! drops, both are forgotten and the next connection starts again from the oldest pending
 //! event: at least once, in seq order, with the same envelope (and `id`) every time.
+//!
+//! Replays (control socket, `{prefix}/{site}/cmd/replay`) send delivered events again with
+//! `"replayed": true`, within the same window and rate cap, after the backlog.
 
 mod rate;
 
@@ -41,6 +44,8 @@ pub struct Upstream {
     pub writer: WriterHandle,
     pub status: Arc<StatusBoard>,
     pub shutdown: CancellationToken,
+    /// Replay requests from the control socket.
+    pub replays: mpsc::Receiver<ReplayRequest>,
 }
 
 enum Ended {
@@ -51,10 +56,10 @@ enum Ended {
 /// Per-connection bookkeeping.
 struct Conn {
     connected: bool,
-    /// Seqs (None: a status message) handed to the client, oldest first, without packet id yet.
-    awaiting: VecDeque<Option<u64>>,
-    /// Packet id → seq (None: a status message) until PUBACK.
-    inflight: HashMap<u16, Option<u64>>,
+    /// What was handed to the client, oldest first, without packet id yet.
+    awaiting: VecDeque<Sent>,
+    /// Packet id → what it carries, until PUBACK.
+    inflight: HashMap<u16, Sent>,
     /// Highest seq handed to the client on this connection.
     cursor: u64,
     /// The last fetch found nothing more; wait for a commit.
@@ -63,9 +68,38 @@ struct Conn {
 
 impl Conn {
     fn events_in_flight(&self) -> usize {
-        self.awaiting.iter().filter(|s| s.is_some()).count()
-            + self.inflight.values().filter(|s| s.is_some()).count()
+        self.awaiting.iter().filter(|s| **s != Sent::Status).count()
+            + self
+                .inflight
+                .values()
+                .filter(|s| **s != Sent::Status)
+                .count()
     }
+}
+
+/// What one publish carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// A buffered event: its PUBACK removes it from the backlog.
+    Event(u64),
+    /// An event sent again by a replay.
+    Replay,
+    /// The retained status document.
+    Status,
+}
+
+/// A request to send delivered events observed in a window again.
+#[derive(Debug)]
+pub struct ReplayRequest {
+    pub since_ms: u64,
+    pub until_ms: u64,
+}
+
+/// A replay in progress.
+struct ReplayJob {
+    next_seq: u64,
+    since_ms: u64,
+    until_ms: u64,
 }
 
 impl Upstream {
@@ -95,7 +129,7 @@ impl Upstream {
     }
 
     /// Runs until shutdown.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let opts = match self.options() {
             Ok(o) => o,
             Err(e) => {
@@ -106,9 +140,10 @@ impl Upstream {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut last_why = String::new();
         let mut bucket = TokenBucket::new(self.config.upstream.replay_rate);
+        let mut jobs = VecDeque::new();
         loop {
             match self
-                .connection(opts.clone(), &mut backoff, &mut bucket)
+                .connection(opts.clone(), &mut backoff, &mut bucket, &mut jobs)
                 .await
             {
                 Ended::Shutdown => return,
@@ -136,10 +171,11 @@ impl Upstream {
     }
 
     async fn connection(
-        &self,
+        &mut self,
         opts: MqttOptions,
         backoff: &mut Backoff,
         bucket: &mut TokenBucket,
+        jobs: &mut VecDeque<ReplayJob>,
     ) -> Ended {
         let cap = usize::from(self.config.upstream.max_inflight) + 64;
         let (client, eventloop) = AsyncClient::new(opts, cap);
@@ -169,6 +205,9 @@ impl Upstream {
                 // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
                 ev = events.recv() => match ev {
                     Some(Ok(ev)) => {
+                        if let Some(req) = self.replay_command(&ev) {
+                            self.start_replay(req, jobs);
+                        }
                         if let Some(why) = self.on_event(ev, &mut conn, backoff, &client).await {
                             break Ended::Dropped(why);
                         }
@@ -182,11 +221,13 @@ impl Upstream {
                     conn.caught_up = false;
                 }
                 // Cancel-safe: sleeping holds no state.
-                _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() && conn.connected && !conn.caught_up => {}
+                _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() && conn.connected && (!conn.caught_up || !jobs.is_empty()) => {}
                 // Cancel-safe: interval ticks are not lost.
                 _ = status_tick.tick(), if conn.connected => self.publish_status(&client, &mut conn).await,
                 // Cancel-safe: interval ticks are not lost. Only beats the heartbeat (above).
                 _ = beat.tick() => {}
+                // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
+                Some(req) = self.replays.recv() => self.start_replay(req, jobs),
                 // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
                 r = status_changes.changed(), if conn.connected => {
                     if r.is_ok() { self.publish_status(&client, &mut conn).await; }
@@ -194,6 +235,12 @@ impl Upstream {
             }
             if conn.connected && !conn.caught_up {
                 if let Err(why) = self.fill(&client, &mut conn, bucket, &mut committed).await {
+                    break Ended::Dropped(why);
+                }
+            }
+            // Replays go after the backlog, in the room the backlog leaves.
+            if conn.connected && conn.caught_up && !jobs.is_empty() {
+                if let Err(why) = self.fill_replay(&client, &mut conn, bucket, jobs).await {
                     break Ended::Dropped(why);
                 }
             }
@@ -223,6 +270,9 @@ impl Upstream {
                 tracing::info!("connected to upstream broker {}", self.config.upstream.url);
                 self.status
                     .set_upstream(true, format!("connected to {}", self.config.upstream.url));
+                if let Err(e) = client.try_subscribe(self.replay_topic(), QoS::AtLeastOnce) {
+                    tracing::warn!("subscribing to {}: {e}", self.replay_topic());
+                }
                 self.publish_status(client, conn).await;
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -231,7 +281,7 @@ impl Upstream {
                 }
             }
             Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(Some(seq)) = conn.inflight.remove(&ack.pkid) {
+                if let Some(Sent::Event(seq)) = conn.inflight.remove(&ack.pkid) {
                     self.status.add_delivered(1);
                     if self.writer.ack(vec![seq]).await.is_err() {
                         return Some("the buffer writer stopped".into());
@@ -275,7 +325,7 @@ impl Upstream {
             client
                 .try_publish(topic, QoS::AtLeastOnce, false, payload)
                 .map_err(|e| format!("upstream client: {e}"))?;
-            conn.awaiting.push_back(Some(seq));
+            conn.awaiting.push_back(Sent::Event(seq));
             conn.cursor = seq;
         }
         Ok(())
@@ -292,6 +342,90 @@ impl Upstream {
         Ok((topic, payload))
     }
 
+    fn replay_topic(&self) -> String {
+        format!("{}/cmd/replay", self.topic_prefix())
+    }
+
+    /// A replay request published to `{prefix}/{site}/cmd/replay`, if this event is one.
+    fn replay_command(&self, ev: &Event) -> Option<ReplayRequest> {
+        let Event::Incoming(Packet::Publish(p)) = ev else {
+            return None;
+        };
+        if p.topic != self.replay_topic() {
+            return None;
+        }
+        match parse_replay(&p.payload) {
+            Ok(req) => Some(req),
+            Err(e) => {
+                tracing::warn!("{}: ignored: {e}", self.replay_topic());
+                None
+            }
+        }
+    }
+
+    fn start_replay(&self, req: ReplayRequest, jobs: &mut VecDeque<ReplayJob>) {
+        tracing::info!(
+            "replaying delivered events observed from {} to {}",
+            crate::time::format_rfc3339_ms(req.since_ms),
+            crate::time::format_rfc3339_ms(req.until_ms)
+        );
+        jobs.push_back(ReplayJob {
+            next_seq: 0,
+            since_ms: req.since_ms,
+            until_ms: req.until_ms,
+        });
+    }
+
+    /// Publishes the next events of the oldest replay while the window and the rate allow.
+    async fn fill_replay(
+        &self,
+        client: &AsyncClient,
+        conn: &mut Conn,
+        bucket: &mut TokenBucket,
+        jobs: &mut VecDeque<ReplayJob>,
+    ) -> Result<(), String> {
+        let Some(job) = jobs.front_mut() else {
+            return Ok(());
+        };
+        let max = usize::from(self.config.upstream.max_inflight);
+        let room = max.saturating_sub(conn.events_in_flight());
+        let allowed = bucket.take(room);
+        if allowed == 0 {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let (from, since, until) = (job.next_seq, job.since_ms, job.until_ms);
+        let (rows, next) = tokio::task::spawn_blocking(move || {
+            store.delivered_in_window(from, since, until, allowed, 50_000)
+        })
+        .await
+        .map_err(|e| format!("reading the buffer: {e}"))?
+        .map_err(|e| e.to_string())?;
+        bucket.give_back(allowed - rows.len());
+        for row in rows {
+            let mut env = Envelope::from_cbor(&row.cbor)
+                .map_err(|e| format!("buffer row {} cannot be read back: {e}", row.seq))?;
+            env.replayed = true;
+            let topic = format!("{}/events/{}", self.topic_prefix(), env.kind());
+            let payload = match self.config.upstream.format {
+                Format::Cbor => env.to_cbor(),
+                Format::Json => env.to_json(),
+            };
+            client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                .map_err(|e| format!("upstream client: {e}"))?;
+            conn.awaiting.push_back(Sent::Replay);
+        }
+        match next {
+            Some(seq) => job.next_seq = seq,
+            None => {
+                jobs.pop_front();
+                tracing::info!("replay finished");
+            }
+        }
+        Ok(())
+    }
+
     async fn publish_status(&self, client: &AsyncClient, conn: &mut Conn) {
         let store = self.store.clone();
         let stats = tokio::task::spawn_blocking(move || store.stats()).await;
@@ -302,7 +436,7 @@ impl Upstream {
             .try_publish(topic, QoS::AtLeastOnce, true, body.to_string())
             .is_ok()
         {
-            conn.awaiting.push_back(None);
+            conn.awaiting.push_back(Sent::Status);
         }
     }
 
@@ -368,4 +502,27 @@ async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, Connectio
             return;
         }
     }
+}
+
+/// Reads `{"since": RFC3339, "until": RFC3339?}`; `until` defaults to now.
+pub fn parse_replay(json: &[u8]) -> Result<ReplayRequest, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("not a JSON object: {e}"))?;
+    let time = |key: &str| -> Result<Option<u64>, String> {
+        match v.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => {
+                crate::time::parse_rfc3339_ms(s).map(Some).ok_or_else(|| {
+                    format!("{key}: {s:?} is not an RFC 3339 time (e.g. 2026-11-27T08:00:00Z)")
+                })
+            }
+            Some(other) => Err(format!("{key}: {other} is not an RFC 3339 time string")),
+        }
+    };
+    let since_ms = time("since")?.ok_or("\"since\" is required (RFC 3339)")?;
+    let until_ms = time("until")?.unwrap_or_else(crate::time::now_ms);
+    if until_ms < since_ms {
+        return Err("\"until\" is before \"since\"".into());
+    }
+    Ok(ReplayRequest { since_ms, until_ms })
 }
