@@ -38,6 +38,8 @@
 //! An upstream PUBACK that arrived but whose removal from `pending` was not yet committed means
 //! the event is sent again after restart, with the same `id` (at least once).
 
+#[cfg(test)]
+mod crash_tests;
 mod store;
 mod writer;
 

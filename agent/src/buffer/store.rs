@@ -70,7 +70,10 @@ impl Capacity {
 /// What a commit did besides storing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitOutcome {
-    /// Rows of the group stored (a prefix of it).
+    /// Leading rows of the group dropped because the group alone exceeds the buffer
+    /// (drop_oldest); counted in `dropped`.
+    pub skipped: usize,
+    /// Rows of the group stored (after the skipped ones).
     pub stored: usize,
     /// Rows of the group refused (reject_new).
     pub rejected: usize,
@@ -165,6 +168,11 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
+        Store::from_database(db, path)
+    }
+
+    /// Wraps an open database (any backend) and makes sure the tables exist.
+    pub fn from_database(db: Database, path: &Path) -> Result<Store, StoreError> {
         let txn = db.begin_write()?;
         {
             txn.open_table(EVENTS)?;
@@ -212,7 +220,15 @@ impl Store {
                 }
             }
             let mut bytes = meta.get(STORED_BYTES)?.map(|g| g.value()).unwrap_or(0);
-            let need: u64 = rows.iter().map(NewRow::stored_len).sum();
+            // A group larger than the whole buffer: under drop_oldest its own oldest rows go.
+            let mut need: u64 = rows.iter().map(NewRow::stored_len).sum();
+            if cap.on_full == OnFull::DropOldest {
+                while need > cap.budget && out.skipped < rows.len() {
+                    need -= rows[out.skipped].stored_len();
+                    out.skipped += 1;
+                    out.dropped += 1;
+                }
+            }
             // Make room, oldest first: delivered rows go freely; undelivered ones only under
             // drop_oldest, and each is counted as dropped.
             while bytes + need > cap.budget {
@@ -235,7 +251,7 @@ impl Store {
                 }
             }
             let mut value = Vec::new();
-            for row in rows {
+            for row in &rows[out.skipped..] {
                 if bytes + row.stored_len() > cap.budget && cap.on_full == OnFull::RejectNew {
                     // This and every later row of the group are refused (order is kept).
                     out.rejected = rows.len() - out.stored;

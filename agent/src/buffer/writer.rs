@@ -301,7 +301,9 @@ impl Writer {
         self.next_seq = seq;
         for (i, (c, row)) in confirms.into_iter().zip(&rows).enumerate() {
             if let Some(c) = c {
-                let answer = if i < outcome.stored {
+                // Skipped rows (drop_oldest, a group larger than the buffer) are accounted as
+                // dropped, so their messages are acknowledged like stored ones.
+                let answer = if i < outcome.skipped + outcome.stored {
                     Appended::Committed(row.seq)
                 } else {
                     Appended::Refused
@@ -311,7 +313,7 @@ impl Writer {
             }
         }
         if outcome.stored > 0 {
-            if let Some(last) = rows.get(outcome.stored - 1) {
+            if let Some(last) = rows.get(outcome.skipped + outcome.stored - 1) {
                 self.committed.send_replace(last.seq);
             }
         }
