@@ -5,9 +5,13 @@
 #![forbid(unsafe_code)]
 
 pub mod barcode;
+pub mod correlate;
+pub mod decimal;
 pub mod event;
 pub mod framing;
 pub mod gs1;
 pub mod normalize;
+pub mod rules;
+pub mod scale;
 
 pub use event::{Body, Envelope, Kind, Role, SCHEMA};
