@@ -94,6 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let sources = TaskTracker::new();
     let ctx = SourceContext {
         config: config.clone(),
+        correlator: Default::default(),
         writer: writer.clone(),
         status: status.clone(),
         shutdown: shutdown.clone(),

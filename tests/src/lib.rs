@@ -284,6 +284,11 @@ impl Pty {
 
     /// Unplugs the device: closes the master side.
     pub fn unplug(self) {}
+
+    /// A second handle on the master, to read what the agent writes to the device.
+    pub fn reader(&self) -> Result<File> {
+        Ok(self.master.try_clone()?)
+    }
 }
 
 /// A running `edge-agent run` with its own temp dir, config, buffer and control socket.

@@ -47,4 +47,4 @@ pub use store::{
     inspect, BufferStats, Capacity, CommitOutcome, Inspection, NewRow, PendingRow, Store,
     StoreError,
 };
-pub use writer::{spawn_writer, Appended, Reading, WriterHandle};
+pub use writer::{spawn_writer, Appended, Reading, WriterClosed, WriterHandle};

@@ -169,23 +169,12 @@ impl DecoderName {
     }
 
     /// Decoders this build implements.
-    fn implemented(self) -> bool {
-        matches!(self, DecoderName::Barcode)
+    fn is_scale(self) -> bool {
+        matches!(
+            self,
+            DecoderName::ScaleMtSics | DecoderName::ScaleToledo | DecoderName::ScaleAscii
+        )
     }
-}
-
-/// Decoder settings shared by every source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DecoderSettings {
-    /// How the readings are decoded.
-    pub decoder: DecoderName,
-    /// `barcode`: the scanner's no-read text.
-    #[serde(default = "defaults::no_read")]
-    pub no_read: String,
-    /// Longest frame in bytes; longer ones become an `exception` with the first bytes.
-    #[serde(default = "defaults::max_frame")]
-    pub max_frame: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -228,6 +217,34 @@ pub struct SerialSource {
     pub no_read: String,
     #[serde(default = "defaults::max_frame")]
     pub max_frame: usize,
+    /// `delimited` (and `json`, `barcode` on serial): "line" (default), "stx_etx" or
+    /// "stx_etx_lrc".
+    #[serde(default)]
+    pub framing: Framing,
+    /// `delimited`: the column separator.
+    #[serde(default = "defaults::separator")]
+    pub separator: String,
+    /// `json` and `delimited`: mapping rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// `scale.mt_sics`: ask with `SI` this often; unset: ask once for a stream (`SIR`).
+    #[serde(default)]
+    pub poll_interval: Option<Span>,
+    /// Scales: how long the stability flag must hold one weight.
+    #[serde(default = "defaults::settle")]
+    pub settle: Span,
+    /// Scales: weights below this are an empty scale (kg, decimal text).
+    #[serde(default = "defaults::min_kg")]
+    pub min_kg: String,
+    /// Scales: an item that never settles in this time gives an `unstable_weight` exception.
+    #[serde(default = "defaults::settle_timeout")]
+    pub settle_timeout: Span,
+    /// Scales: a weight carries the SSCC last scanned at the same station within this time.
+    #[serde(default = "defaults::correlation_window")]
+    pub correlation_window: Span,
+    /// `scale.toledo`: "auto" (default), "always" or "never" a checksum byte after CR.
+    #[serde(default)]
+    pub checksum: ToledoChecksum,
 }
 
 /// `[[sources.mqtt]]`: devices that publish to the site's own broker.
@@ -252,7 +269,138 @@ pub struct MqttSource {
     /// MQTT 5 Receive Maximum: messages the broker may have unacknowledged with us at once.
     #[serde(default = "defaults::receive_maximum")]
     pub receive_maximum: u16,
+    /// `delimited` (and `json`, `barcode` on serial): "line" (default), "stx_etx" or
+    /// "stx_etx_lrc".
+    #[serde(default)]
+    pub framing: Framing,
+    /// `delimited`: the column separator.
+    #[serde(default = "defaults::separator")]
+    pub separator: String,
+    /// `json` and `delimited`: mapping rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// `scale.mt_sics`: ask with `SI` this often; unset: ask once for a stream (`SIR`).
+    #[serde(default)]
+    pub poll_interval: Option<Span>,
+    /// Scales: how long the stability flag must hold one weight.
+    #[serde(default = "defaults::settle")]
+    pub settle: Span,
+    /// Scales: weights below this are an empty scale (kg, decimal text).
+    #[serde(default = "defaults::min_kg")]
+    pub min_kg: String,
+    /// Scales: an item that never settles in this time gives an `unstable_weight` exception.
+    #[serde(default = "defaults::settle_timeout")]
+    pub settle_timeout: Span,
+    /// Scales: a weight carries the SSCC last scanned at the same station within this time.
+    #[serde(default = "defaults::correlation_window")]
+    pub correlation_window: Span,
+    /// `scale.toledo`: "auto" (default), "always" or "never" a checksum byte after CR.
+    #[serde(default)]
+    pub checksum: ToledoChecksum,
 }
+
+/// How a serial byte stream is cut into frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    #[default]
+    Line,
+    StxEtx,
+    StxEtxLrc,
+}
+
+/// Whether Toledo frames carry a checksum byte after CR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToledoChecksum {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// `[[sources.*.rules]]`: maps a JSON message or a delimited telegram to a canonical event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Field = value, all must match: a JSON pointer ("/type") or a column index ("0").
+    #[serde(default)]
+    pub when: std::collections::BTreeMap<String, serde_json::Value>,
+    /// shipment.sort, equipment.state, shipment.scan or inventory.scan.
+    pub kind: String,
+    /// Body field → JSON pointer or column index.
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, String>,
+    /// Body field → { raw value → canonical value }.
+    #[serde(default)]
+    pub values: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl RuleConfig {
+    /// The protocol rule, or every problem (keys relative to the rule).
+    pub fn build(&self) -> Result<edge_protocol::rules::Rule, Vec<String>> {
+        let when: Vec<(String, String)> = self
+            .when
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect();
+        edge_protocol::rules::Rule::from_config(
+            when.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &self.kind,
+            self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.values.clone(),
+        )
+    }
+}
+
+/// A source's decoding settings, whichever kind of source it is.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    pub decoder: DecoderName,
+    pub no_read: String,
+    pub max_frame: usize,
+    pub framing: Framing,
+    pub separator: String,
+    pub rules: Vec<RuleConfig>,
+    pub poll_interval: Option<Span>,
+    pub settle: Span,
+    pub min_kg: String,
+    pub settle_timeout: Span,
+    pub correlation_window: Span,
+    pub checksum: ToledoChecksum,
+}
+
+macro_rules! decoding_of {
+    ($t:ty) => {
+        impl $t {
+            /// This source's decoding settings.
+            pub fn decoding(&self) -> Decoding {
+                Decoding {
+                    decoder: self.decoder,
+                    no_read: self.no_read.clone(),
+                    max_frame: self.max_frame,
+                    framing: self.framing,
+                    separator: self.separator.clone(),
+                    rules: self.rules.clone(),
+                    poll_interval: self.poll_interval,
+                    settle: self.settle,
+                    min_kg: self.min_kg.clone(),
+                    settle_timeout: self.settle_timeout,
+                    correlation_window: self.correlation_window,
+                    checksum: self.checksum,
+                }
+            }
+        }
+    };
+}
+decoding_of!(SerialSource);
+decoding_of!(MqttSource);
 
 /// `[sources]`.
 #[derive(Debug, Clone, Default)]
@@ -339,6 +487,21 @@ mod defaults {
     }
     pub fn keep_alive() -> Span {
         Span(Duration::from_secs(30))
+    }
+    pub fn separator() -> String {
+        "|".into()
+    }
+    pub fn settle() -> Span {
+        Span(Duration::from_millis(300))
+    }
+    pub fn min_kg() -> String {
+        "0.05".into()
+    }
+    pub fn settle_timeout() -> Span {
+        Span(Duration::from_secs(10))
+    }
+    pub fn correlation_window() -> Span {
+        Span(Duration::from_secs(10))
     }
     pub fn receive_maximum() -> u16 {
         100
@@ -761,8 +924,8 @@ fn validate(cfg: &Config, c: &mut Collector) {
                             key: &str,
                             id: &str,
                             station: &Option<String>,
-                            decoder: DecoderName,
-                            max_frame: usize| {
+                            d: &Decoding,
+                            serial: bool| {
         if !valid_name(id) {
             c.push(
                 format!("{key}.id"),
@@ -783,26 +946,12 @@ fn validate(cfg: &Config, c: &mut Collector) {
                 );
             }
         }
-        if !decoder.implemented() {
-            c.push(
-                format!("{key}.decoder"),
-                format!(
-                    "{:?} is not implemented in this build yet; use \"barcode\"",
-                    decoder.as_str()
-                ),
-            );
-        }
-        if !(16..=1 << 20).contains(&max_frame) {
-            c.push(
-                format!("{key}.max_frame"),
-                format!("{max_frame} must be from 16 to 1048576 bytes"),
-            );
-        }
+        check_decoding(c, key, d, serial);
     };
 
     for (i, s) in cfg.sources.serial.iter().enumerate() {
         let key = format!("sources.serial[{i}]");
-        check_common(c, &key, &s.id, &s.station, s.decoder, s.max_frame);
+        check_common(c, &key, &s.id, &s.station, &s.decoding(), true);
         if !STANDARD_BAUD.contains(&s.baud) {
             c.push(
                 format!("{key}.baud"),
@@ -833,7 +982,7 @@ fn validate(cfg: &Config, c: &mut Collector) {
     }
     for (i, s) in cfg.sources.mqtt.iter().enumerate() {
         let key = format!("sources.mqtt[{i}]");
-        check_common(c, &key, &s.id, &s.station, s.decoder, s.max_frame);
+        check_common(c, &key, &s.id, &s.station, &s.decoding(), false);
         if let Err(e) = check_mqtt_url(&s.url) {
             c.push(format!("{key}.url"), e);
         }
@@ -858,6 +1007,110 @@ fn validate(cfg: &Config, c: &mut Collector) {
                 format!("control.trusted_keys[{i}]"),
                 "must be \"ed25519:BASE64\" as written by `edge-agent config keygen`",
             );
+        }
+    }
+}
+
+/// The decoder settings of one source: every problem, named by key.
+fn check_decoding(c: &mut Collector, key: &str, d: &Decoding, serial: bool) {
+    if !(16..=1 << 20).contains(&d.max_frame) {
+        c.push(
+            format!("{key}.max_frame"),
+            format!("{} must be from 16 to 1048576 bytes", d.max_frame),
+        );
+    }
+    if d.decoder.is_scale() && !serial {
+        c.push(
+            format!("{key}.decoder"),
+            format!(
+                "{:?} reads a scale on a serial port; use it in [[sources.serial]]",
+                d.decoder.as_str()
+            ),
+        );
+    }
+    if d.framing != Framing::Line
+        && !(serial
+            && matches!(
+                d.decoder,
+                DecoderName::Delimited | DecoderName::Json | DecoderName::Barcode
+            ))
+    {
+        c.push(
+            format!("{key}.framing"),
+            "only serial barcode, json and delimited sources take stx_etx framing; remove it",
+        );
+    }
+    let records = match d.decoder {
+        DecoderName::Json => Some(edge_protocol::rules::RecordKind::Json),
+        DecoderName::Delimited => Some(edge_protocol::rules::RecordKind::Delimited),
+        _ => None,
+    };
+    match records {
+        Some(_) if d.rules.is_empty() => c.push(
+            format!("{key}.rules"),
+            format!(
+                "the {} decoder needs at least one [[...rules]] entry mapping messages to events",
+                d.decoder.as_str()
+            ),
+        ),
+        Some(kind) => {
+            for (j, r) in d.rules.iter().enumerate() {
+                match r.build() {
+                    Ok(rule) => {
+                        for p in edge_protocol::rules::check_rule_for(&rule, kind) {
+                            c.push(format!("{key}.rules[{j}]"), p);
+                        }
+                    }
+                    Err(problems) => {
+                        for p in problems {
+                            match p.split_once(": ") {
+                                Some((k, m)) => c.push(format!("{key}.rules[{j}].{k}"), m),
+                                None => c.push(format!("{key}.rules[{j}]"), p),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        None if !d.rules.is_empty() => c.push(
+            format!("{key}.rules"),
+            format!(
+                "the {} decoder takes no rules; remove them",
+                d.decoder.as_str()
+            ),
+        ),
+        None => {}
+    }
+    if d.decoder == DecoderName::Delimited && d.separator.is_empty() {
+        c.push(
+            format!("{key}.separator"),
+            "must not be empty, e.g. \"|\" or \";\"",
+        );
+    }
+    if d.decoder.is_scale() {
+        match edge_protocol::decimal::Decimal::parse(&d.min_kg) {
+            Ok(v) if !v.is_negative() => {}
+            _ => c.push(
+                format!("{key}.min_kg"),
+                format!("{:?} is not a weight in kg; write e.g. \"0.05\"", d.min_kg),
+            ),
+        }
+        if d.settle.0 > d.settle_timeout.0 {
+            c.push(
+                format!("{key}.settle"),
+                format!(
+                    "{} is longer than settle_timeout {}: nothing could settle",
+                    d.settle, d.settle_timeout
+                ),
+            );
+        }
+        if let Some(p) = d.poll_interval {
+            if p.0 < Duration::from_millis(20) {
+                c.push(
+                    format!("{key}.poll_interval"),
+                    format!("{p} is too fast; use at least 20ms"),
+                );
+            }
         }
     }
 }

@@ -173,3 +173,48 @@ fn mqtt_urls_need_scheme_host_and_port() {
     assert!(parse_mqtt_url("mqtt://:1883").is_err());
     assert!(parse_mqtt_url("mqtt://user:pw@broker:1883").is_err());
 }
+
+#[test]
+fn decoder_settings_are_checked_per_source_with_their_keys() {
+    let text = format!(
+        "{MINIMAL}
+[[sources.mqtt]]
+id = \"sorter\"
+url = \"mqtt://127.0.0.1:1883\"
+topics = [\"t\"]
+decoder = \"json\"
+[[sources.mqtt]]
+id = \"sorter-2\"
+url = \"mqtt://127.0.0.1:1883\"
+topics = [\"t\"]
+decoder = \"json\"
+[[sources.mqtt.rules]]
+when = {{ \"/type\" = \"CONF\" }}
+kind = \"shipment.teleport\"
+[[sources.mqtt]]
+id = \"scale-on-mqtt\"
+url = \"mqtt://127.0.0.1:1883\"
+topics = [\"t\"]
+decoder = \"scale.toledo\"
+[[sources.serial]]
+id = \"scale\"
+path = \"/dev/ttyS0\"
+baud = 9600
+decoder = \"scale.ascii\"
+min_kg = \"heavy\"
+"
+    );
+    let got = problems(&text);
+    for want in [
+        "sources.mqtt[0].rules: the json decoder needs at least one",
+        "sources.mqtt[1].rules[0].kind: \"shipment.teleport\" is not a kind",
+        "sources.mqtt[2].decoder: \"scale.toledo\" reads a scale on a serial port",
+        "sources.serial[0].min_kg: \"heavy\" is not a weight in kg",
+    ] {
+        assert!(
+            got.iter().any(|g| g.starts_with(want)),
+            "missing {want:?} in:\n{}",
+            got.join("\n")
+        );
+    }
+}

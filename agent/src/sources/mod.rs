@@ -18,6 +18,8 @@ use crate::status::StatusBoard;
 #[derive(Clone)]
 pub struct SourceContext {
     pub config: Arc<Config>,
+    /// Scans seen at each station, for the scales there.
+    pub correlator: crate::normalize::SharedCorrelator,
     pub writer: WriterHandle,
     pub status: Arc<StatusBoard>,
     pub shutdown: CancellationToken,

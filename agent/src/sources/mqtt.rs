@@ -66,9 +66,8 @@ impl MqttSource {
             &ctx.config,
             &self.id,
             self.station.as_deref(),
-            self.decoder,
-            &self.no_read,
-            self.max_frame,
+            self.decoding(),
+            ctx.correlator.clone(),
         );
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         // While the buffer refuses readings, look again soon: room comes back as upstream drains.

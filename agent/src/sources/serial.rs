@@ -4,14 +4,19 @@
 use std::io;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use edge_protocol::scale::mt_sics;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
 use super::SourceContext;
 use crate::backoff::Backoff;
-use crate::config::{FlowControl, Parity, SerialSource};
+use crate::buffer::WriterClosed;
+use crate::config::{DecoderName, FlowControl, Parity, SerialSource};
 use crate::normalize::Normalizer;
 use crate::status::SourceState;
+
+/// How often a scale source lets its settle rule see time pass.
+const TICK: Duration = Duration::from_millis(100);
 
 impl SerialSource {
     /// The running source: reads until shutdown.
@@ -20,9 +25,8 @@ impl SerialSource {
             &ctx.config,
             &self.id,
             self.station.as_deref(),
-            self.decoder,
-            &self.no_read,
-            self.max_frame,
+            self.decoding(),
+            ctx.correlator.clone(),
         );
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
@@ -122,10 +126,48 @@ impl SerialSource {
     ) -> Option<String> {
         let mut framer = norm.framer();
         let mut buf = vec![0u8; 4096];
+        // Scales: the settle rule's timeout, and a Toledo frame held for its checksum byte.
+        let mut tick = tokio::time::interval(TICK);
+        // MT-SICS answers only when asked: a stream once, or a poll every poll_interval.
+        let mut poll = self
+            .poll_interval
+            .filter(|_| self.decoder == DecoderName::ScaleMtSics)
+            .map(|p| tokio::time::interval(p.0));
+        if self.decoder == DecoderName::ScaleMtSics && poll.is_none() {
+            if let Err(e) = port.write_all(mt_sics::STREAM).await {
+                return Some(self.write_failed(&e));
+            }
+        }
         loop {
             let n = tokio::select! {
                 // Cancel-safe: AsyncRead::read either completes with data or reads nothing.
                 r = port.read(&mut buf) => r,
+                // Cancel-safe: interval ticks are not lost.
+                _ = tick.tick(), if norm.needs_ticks() => {
+                    framer.flush();
+                    let mut out: Vec<_> = Vec::new();
+                    while let Some(f) = framer.next_frame() {
+                        out.push(f);
+                    }
+                    for f in out {
+                        if self.deliver(norm, ctx, f).await.is_err() {
+                            return None;
+                        }
+                    }
+                    if let Some(reading) = norm.tick() {
+                        if ctx.writer.append(reading).await.is_err() {
+                            return None;
+                        }
+                    }
+                    continue;
+                }
+                // Cancel-safe: interval ticks are not lost.
+                _ = next_poll(&mut poll) => {
+                    if let Err(e) = port.write_all(mt_sics::POLL).await {
+                        return Some(self.write_failed(&e));
+                    }
+                    continue;
+                }
                 _ = ctx.shutdown.cancelled() => return None,
             };
             match n {
@@ -139,9 +181,7 @@ impl SerialSource {
                 Ok(n) => {
                     framer.push(&buf[..n]);
                     while let Some(frame) = framer.next_frame() {
-                        let reading = norm.frame(frame);
-                        ctx.status.source_reading(&self.id, reading.observed_ms);
-                        if ctx.writer.append(reading).await.is_err() {
+                        if self.deliver(norm, ctx, frame).await.is_err() {
                             return None;
                         }
                     }
@@ -155,5 +195,41 @@ impl SerialSource {
                 }
             }
         }
+    }
+
+    /// Decodes one frame and queues what it yields.
+    async fn deliver(
+        &self,
+        norm: &mut Normalizer,
+        ctx: &SourceContext,
+        frame: crate::normalize::framer::FrameResult,
+    ) -> Result<(), WriterClosed> {
+        let reading = match frame {
+            Ok(f) => norm.frame(f),
+            Err((raw, detail)) => Some(norm.damaged(raw, detail)),
+        };
+        let Some(reading) = reading else {
+            return Ok(());
+        };
+        ctx.status.source_reading(&self.id, reading.observed_ms);
+        ctx.writer.append(reading).await
+    }
+
+    fn write_failed(&self, e: &io::Error) -> String {
+        format!(
+            "serial port {} (source {}): writing to the scale failed: {e}; unplugged?",
+            self.path.display(),
+            self.id
+        )
+    }
+}
+
+/// The next MT-SICS poll, or never when the scale streams.
+async fn next_poll(poll: &mut Option<tokio::time::Interval>) {
+    match poll {
+        Some(p) => {
+            p.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
