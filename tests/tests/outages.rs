@@ -349,3 +349,100 @@ fn under_reject_new_mqtt_readings_wait_in_the_site_broker_and_none_is_lost() -> 
     );
     Ok(())
 }
+
+/// A small tmpfs, unmounted on drop: a disk that can really fill up.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Result<SmallDisk> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "mounting a {size} tmpfs for the disk-full test failed (it needs root, as CI has): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `path` until it has no space left.
+fn fill(path: &std::path::Path) -> Result<u64> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 4096];
+    let mut written = 0u64;
+    loop {
+        match f.write_all(&chunk).and_then(|_| f.sync_data()) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) if e.raw_os_error() == Some(28) => return Ok(written),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_retried_and_loses_nothing() -> Result<()> {
+    const N: usize = 300;
+    let mut central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    central.stop();
+    let disk_dir = tempfile::tempdir()?;
+    let _disk = SmallDisk::mount(disk_dir.path(), "4m")?;
+    let buffer = disk_dir.path().join("buffer.redb");
+    let text = config(&central, &site).replace("{dir}/buffer.redb", &buffer.display().to_string());
+    let agent = Agent::start(&text)?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    device.publish("site/scan", "BEFORE-FULL")?;
+    wait_for("the first reading stored", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 1).then_some(())
+    })?;
+
+    let filler = disk_dir.path().join("filler");
+    fill(&filler)?;
+    for i in 0..N {
+        device.publish("site/scan", format!("LPN{i:06}"))?;
+    }
+    let st = wait_for("the storage error in status", DEADLINE, || {
+        let s = agent.status().ok()?;
+        s["storage"]["error"].as_str().is_some().then_some(s)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    let err = st["storage"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    ensure!(
+        err.contains("df") || err.contains("space"),
+        "the error says what to check: {err}"
+    );
+
+    // The operator frees space: the agent recovers by itself.
+    std::fs::remove_file(&filler)?;
+    wait_for("every reading stored", Duration::from_secs(60), || {
+        let s = agent.status().ok()?;
+        (s["backlog"].as_u64()? > N as u64 && s["storage"]["error"].is_null()).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    central.restart()?;
+    let events = sink.wait_events(N + 1, Duration::from_secs(60))?;
+    let distinct: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["body"]["code"].as_str())
+        .collect();
+    ensure!(distinct.len() == N + 1, "{} of {}", distinct.len(), N + 1);
+    Ok(())
+}

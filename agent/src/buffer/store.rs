@@ -106,6 +106,8 @@ pub enum StoreError {
     Transaction(#[from] redb::TransactionError),
     #[error("buffer file: commit failed: {0}; the disk may be full, check `df`")]
     Commit(#[from] redb::CommitError),
+    #[error("buffer file is being reopened after a write error; try again")]
+    Reopening,
     #[error("buffer row {seq} is damaged ({len} bytes); it is skipped")]
     Corrupt { seq: u64, len: usize },
 }
@@ -140,7 +142,10 @@ pub struct BufferStats {
 /// The open buffer file. Cloning shares it.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// None while it is being reopened after an I/O error.
+    db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
+    /// A file (not a test backend): can be reopened.
+    reopenable: bool,
     path: PathBuf,
 }
 
@@ -168,7 +173,34 @@ impl Store {
             path: path.to_path_buf(),
             source,
         })?;
-        Store::from_database(db, path)
+        let mut store = Store::from_database(db, path)?;
+        store.reopenable = true;
+        Ok(store)
+    }
+
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(StoreError::Reopening)
+    }
+
+    /// After an I/O error redb refuses further transactions until the file is reopened
+    /// (which also repairs it). Readers hold the database only for one call, so the old one is
+    /// gone once they finish; if one is still busy, this fails and the caller retries.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        if !self.reopenable {
+            return Ok(());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        *slot = None;
+        let db = Database::create(&self.path).map_err(|source| StoreError::Open {
+            path: self.path.clone(),
+            source,
+        })?;
+        *slot = Some(Arc::new(db));
+        Ok(())
     }
 
     /// Wraps an open database (any backend) and makes sure the tables exist.
@@ -181,7 +213,8 @@ impl Store {
         }
         txn.commit()?;
         Ok(Store {
-            db: Arc::new(db),
+            db: Arc::new(std::sync::RwLock::new(Some(Arc::new(db)))),
+            reopenable: false,
             path: path.to_path_buf(),
         })
     }
@@ -192,7 +225,7 @@ impl Store {
 
     /// The seq the next stored event gets.
     pub fn next_seq(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         Ok(meta.get(NEXT_SEQ)?.map(|g| g.value()).unwrap_or(1))
     }
@@ -206,7 +239,7 @@ impl Store {
         next_seq: u64,
         cap: Capacity,
     ) -> Result<CommitOutcome, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let mut out = CommitOutcome::default();
         {
             let mut ev = txn.open_table(EVENTS)?;
@@ -286,7 +319,7 @@ impl Store {
     /// Deletes delivered events observed before `cutoff_ms`, at most `limit` of them, oldest
     /// first. Returns how many were deleted.
     pub fn prune_delivered(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         let mut deleted = 0;
         {
             let mut ev = txn.open_table(EVENTS)?;
@@ -322,7 +355,7 @@ impl Store {
 
     /// Up to `limit` pending events with seq above `after`, in seq order.
     pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let pending = txn.open_table(PENDING)?;
         let ev = txn.open_table(EVENTS)?;
         let mut out = Vec::with_capacity(limit.min(1024));
@@ -346,7 +379,7 @@ impl Store {
 
     /// Counts for status; cheap (no scan).
     pub fn stats(&self) -> Result<BufferStats, StoreError> {
-        stats_of(self.db.as_ref(), &self.path)
+        stats_of(self.db()?.as_ref(), &self.path)
     }
 
     /// Delivered events observed in `[since_ms, until_ms]`, in seq order from seq `from`: up to
@@ -360,7 +393,7 @@ impl Store {
         limit: usize,
         scan: usize,
     ) -> Result<(Vec<PendingRow>, Option<u64>), StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let ev = txn.open_table(EVENTS)?;
         let pending = txn.open_table(PENDING)?;
         let mut out = Vec::new();
@@ -393,7 +426,7 @@ impl Store {
         since_ms: u64,
         until_ms: u64,
     ) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let ev = txn.open_table(EVENTS)?;
         let pending = txn.open_table(PENDING)?;
         let mut n = 0;
@@ -418,7 +451,7 @@ impl Store {
         from: u64,
         limit: usize,
     ) -> Result<Vec<(u64, u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let ev = txn.open_table(EVENTS)?;
         let mut out = Vec::new();
         for row in ev.range(from..)? {

@@ -295,6 +295,10 @@ impl Writer {
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // redb takes no more transactions after an I/O error until reopened.
+                    if let Err(e) = self.store.reopen() {
+                        tracing::debug!("reopening the buffer file: {e}");
+                    }
                 }
             }
         };

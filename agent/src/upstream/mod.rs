@@ -311,10 +311,19 @@ impl Upstream {
         committed.borrow_and_update();
         let store = self.store.clone();
         let after = conn.cursor;
-        let rows = tokio::task::spawn_blocking(move || store.pending_after(after, allowed))
-            .await
-            .map_err(|e| format!("reading the buffer: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let rows =
+            match tokio::task::spawn_blocking(move || store.pending_after(after, allowed)).await {
+                Ok(Ok(rows)) => rows,
+                // The buffer is being reopened after a write error (the writer reports it): keep
+                // the connection and look again after the next commit.
+                Ok(Err(e)) => {
+                    tracing::debug!("reading the buffer: {e}");
+                    bucket.give_back(allowed);
+                    conn.caught_up = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("reading the buffer: {e}")),
+            };
         bucket.give_back(allowed - rows.len());
         if rows.len() < allowed {
             conn.caught_up = true;
