@@ -1,0 +1,132 @@
+//! A 1,000,000-event backlog: bytes on disk per event, agent startup time, peak RSS while
+//! draining, and the drain rate to a local mosquitto. Prints a table.
+//!
+//! cargo build --release -p edge-agent && cargo bench -p edge-tests --bench backlog
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use edge_agent::buffer::{Capacity, NewRow, Store};
+use edge_protocol::event::{Body, Envelope, ShipmentScan};
+use edge_tests::{rss_kib, wait_for, Agent, Broker};
+
+const N: u64 = 1_000_000;
+
+fn envelope(seq: u64) -> Vec<u8> {
+    let code = format!("]C1001061414{seq:07}");
+    Envelope {
+        id: format!("01a21ca0-81f7-73e6-b850-{seq:012}"),
+        site: "dc-bench".into(),
+        seq,
+        source: "scanner-pack-01".into(),
+        station: Some("pack-01".into()),
+        role: Some(edge_protocol::Role::Packing),
+        observed_at: "2026-11-27T10:00:00.123Z".into(),
+        body: Body::ShipmentScan(ShipmentScan {
+            code: code[3..].into(),
+            symbology: "gs1-128".into(),
+            sscc: Some(code[5..].into()),
+            gs1: Default::default(),
+        }),
+        raw: code.into_bytes(),
+        replayed: false,
+    }
+    .to_cbor()
+}
+
+fn main() -> Result<()> {
+    let central = Broker::start()?;
+    let text = format!(
+        "[site]\nid = \"dc-bench\"\n[storage]\npath = \"{{dir}}/buffer.redb\"\n[upstream]\nurl = \"{}\"\nformat = \"cbor\"\nmax_inflight = 1000\nreplay_rate = 1000000\n[control]\nsocket = \"{{dir}}/control.sock\"\n",
+        central.url()
+    );
+    // Fill the buffer file as a stopped agent would have left it.
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("buffer.redb");
+    let start = Instant::now();
+    {
+        let store = Store::open(&path)?;
+        let mut seq = 1;
+        while seq <= N {
+            let rows: Vec<NewRow> = (seq..(seq + 10_000).min(N + 1))
+                .map(|s| NewRow {
+                    seq: s,
+                    observed_ms: 1_795_773_600_000 + s,
+                    cbor: envelope(s),
+                    count_if_rejected: true,
+                })
+                .collect();
+            seq += rows.len() as u64;
+            store.commit(&rows, &[], seq, Capacity::unlimited())?;
+        }
+    }
+    let fill_secs = start.elapsed().as_secs_f64();
+    let file = std::fs::metadata(&path)?.len();
+    println!("backlog of {N} events");
+    println!("{:<44} {:>14}", "measure", "value");
+    println!("{:<44} {:>14.1}", "filling the buffer file (s)", fill_secs);
+    println!(
+        "{:<44} {:>14}",
+        "bytes on disk per buffered event",
+        file / N
+    );
+
+    let counted = count_upstream(central.port)?;
+    let mut agent = Agent::start(&text.replace("{dir}/buffer.redb", &path.display().to_string()))?;
+    let start = Instant::now();
+    wait_for(
+        "the agent to answer with its backlog",
+        Duration::from_secs(120),
+        || {
+            agent.status().ok()?["backlog"]
+                .as_u64()
+                .filter(|b| *b > 0)
+                .map(|_| ())
+        },
+    )?;
+    println!(
+        "{:<44} {:>14.3}",
+        "startup to status with the backlog (s)",
+        start.elapsed().as_secs_f64()
+    );
+    let pid = agent.pid().unwrap_or(0);
+    let mut peak = 0;
+    let drain = Instant::now();
+    wait_for("the backlog to drain", Duration::from_secs(1200), || {
+        peak = peak.max(rss_kib(pid).unwrap_or(0));
+        (agent.status().ok()?["backlog"] == 0).then_some(())
+    })?;
+    let secs = drain.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {:>14.0}",
+        "drain rate to local mosquitto (events/s)",
+        N as f64 / secs
+    );
+    println!("{:<44} {:>14}", "peak agent RSS while draining (KiB)", peak);
+    println!(
+        "{:<44} {:>14}",
+        "events counted by a subscriber",
+        counted.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = agent.signal(nix::sys::signal::Signal::SIGTERM);
+    Ok(())
+}
+
+/// Counts event messages on central (QoS 0: a counter, not a consumer under test).
+fn count_upstream(port: u16) -> Result<std::sync::Arc<std::sync::atomic::AtomicU64>> {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut opts = rumqttc::MqttOptions::new("bench-counter", "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = rumqttc::Client::new(opts, 100);
+    client.subscribe("edge/+/events/#", rumqttc::QoS::AtMostOnce)?;
+    let c = n.clone();
+    std::thread::spawn(move || {
+        let _client = client;
+        for ev in conn.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) = ev {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+    Ok(n)
+}
