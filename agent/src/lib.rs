@@ -15,6 +15,7 @@ pub mod sources;
 pub mod status;
 pub mod systemd;
 pub mod time;
+pub mod tls;
 pub mod upstream;
 
 /// `edge-agent --version`: version, git revision and target triple.

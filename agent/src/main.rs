@@ -147,6 +147,9 @@ fn print_problems(path: &std::path::Path, p: &Problems) {
 fn check_config(path: PathBuf) -> ExitCode {
     match config::load(&path) {
         Ok(cfg) => {
+            for w in &cfg.warnings {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: ok (site {}, {} stations, {} serial and {} MQTT sources)",
                 path.display(),
@@ -173,6 +176,9 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    for w in &cfg.warnings {
+        tracing::warn!("configuration {}: {w}", path.display());
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("edge-agent")

@@ -73,14 +73,26 @@ pub struct Broker {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More listeners and their settings (see [`Broker::start_with`]).
+    extra: String,
 }
 
 impl Broker {
     pub fn start() -> Result<Broker> {
+        Broker::start_with("")
+    }
+
+    /// A broker with more configuration after its plain anonymous listener on `port`, e.g. a
+    /// TLS listener: `"listener 18883 127.0.0.1\ncafile ...\n"`. Settings are per listener
+    /// (`per_listener_settings true`), so each extra listener states its own
+    /// `allow_anonymous` / `password_file`. The broker counts as started once every
+    /// `listener` port accepts connections.
+    pub fn start_with(extra: &str) -> Result<Broker> {
         let mut b = Broker {
             port: free_port(),
             dir: tempfile::tempdir()?,
             child: None,
+            extra: extra.to_string(),
         };
         b.restart()?;
         Ok(b)
@@ -93,12 +105,18 @@ impl Broker {
     /// Starts it (again) on the same port.
     pub fn restart(&mut self) -> Result<()> {
         let conf = self.dir.path().join("mosquitto.conf");
+        let per_listener = if self.extra.is_empty() {
+            ""
+        } else {
+            "per_listener_settings true\n"
+        };
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 20\n",
+                "{per_listener}listener {} 127.0.0.1\nallow_anonymous true\nuser root\npersistence true\npersistence_location {}/\nmax_queued_messages 1000000\nmax_inflight_messages 20\n{}",
                 self.port,
-                self.dir.path().display()
+                self.dir.path().display(),
+                self.extra
             ),
         )?;
         let log = File::create(self.dir.path().join("mosquitto.log"))?;
@@ -112,11 +130,24 @@ impl Broker {
                 "starting mosquitto; install it (apt-get install -y mosquitto) or run tests/run",
             )?;
         self.child = Some(child);
-        let port = self.port;
-        wait_for("mosquitto to listen", DEADLINE, || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
-        })?;
+        let extra_ports = self.extra.lines().filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("listener"))
+                .then(|| words.next()?.parse::<u16>().ok())
+                .flatten()
+        });
+        for port in std::iter::once(self.port).chain(extra_ports) {
+            wait_for(&format!("mosquitto to listen on {port}"), DEADLINE, || {
+                TcpStream::connect(("127.0.0.1", port)).ok()
+            })
+            .map_err(|e| anyhow!("{e}; mosquitto log:\n{}", self.log()))?;
+        }
         Ok(())
+    }
+
+    /// What mosquitto wrote so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Stops it (the uplink goes down). SIGTERM, so that it saves its sessions: a

@@ -26,6 +26,9 @@ pub struct Config {
     pub stations: Vec<Station>,
     pub sources: Sources,
     pub control: Control,
+    /// What is allowed but unwise (a private key readable by others, ...), each naming its key:
+    /// `check-config` prints them, `run` logs them once at start.
+    pub warnings: Vec<Problem>,
 }
 
 /// `[site]`: who this agent is.
@@ -109,7 +112,7 @@ pub enum Format {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `mqtt://host:port`.
+    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default 8883).
     pub url: String,
     /// First topic level of everything the agent publishes.
     #[serde(default = "defaults::topic_prefix")]
@@ -129,6 +132,24 @@ pub struct Upstream {
     /// MQTT keep-alive interval.
     #[serde(default = "defaults::keep_alive")]
     pub keep_alive: Span,
+    /// `mqtts://`: PEM file with the CA certificate(s) the broker's certificate chains to;
+    /// required for mqtts:// (the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt,
+    /// for a broker with a public certificate).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://`: PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// `mqtts://`: PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1); mode 0600.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// MQTT user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File whose first line is the MQTT password (read at each connection, never logged);
+    /// needs `username`; mode 0600.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `[[stations]]`: a place where devices are read.
@@ -252,7 +273,7 @@ pub struct SerialSource {
 #[serde(deny_unknown_fields)]
 pub struct MqttSource {
     pub id: String,
-    /// The site broker, `mqtt://host:port`.
+    /// The site broker, `mqtt://host[:port]` or `mqtts://host[:port]` (TLS).
     pub url: String,
     /// Topic filters subscribed with QoS 1.
     pub topics: Vec<String>,
@@ -269,6 +290,24 @@ pub struct MqttSource {
     /// MQTT 5 Receive Maximum: messages the broker may have unacknowledged with us at once.
     #[serde(default = "defaults::receive_maximum")]
     pub receive_maximum: u16,
+    /// `mqtts://`: PEM file with the CA certificate(s) the broker's certificate chains to;
+    /// required for mqtts:// (the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt,
+    /// for a broker with a public certificate).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://`: PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// `mqtts://`: PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1); mode 0600.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// MQTT user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File whose first line is the MQTT password (read at each connection, never logged);
+    /// needs `username`; mode 0600.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// `delimited` (and `json`, `barcode` on serial): "line" (default), "stx_etx" or
     /// "stx_etx_lrc".
     #[serde(default)]
@@ -401,6 +440,41 @@ macro_rules! decoding_of {
 }
 decoding_of!(SerialSource);
 decoding_of!(MqttSource);
+
+/// How to reach one broker (`[upstream]` or a `[[sources.mqtt]]`): its URL and the TLS and
+/// credential keys, with the key that names them in messages. Holds paths, never secrets.
+#[derive(Debug, Clone)]
+pub struct BrokerAccess {
+    /// `upstream` or `sources.mqtt[N]`.
+    pub key: String,
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+macro_rules! access_of {
+    ($t:ty) => {
+        impl $t {
+            /// This broker's address, TLS and credential keys, named under `key`.
+            pub fn access(&self, key: impl Into<String>) -> BrokerAccess {
+                BrokerAccess {
+                    key: key.into(),
+                    url: self.url.clone(),
+                    ca_file: self.ca_file.clone(),
+                    cert_file: self.cert_file.clone(),
+                    key_file: self.key_file.clone(),
+                    username: self.username.clone(),
+                    password_file: self.password_file.clone(),
+                }
+            }
+        }
+    };
+}
+access_of!(Upstream);
+access_of!(MqttSource);
 
 /// `[sources]`.
 #[derive(Debug, Clone, Default)]
@@ -713,15 +787,18 @@ pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
 
     match (site, storage, upstream, control) {
         (Some(site), Some(storage), Some(upstream), Some(control)) => {
-            let config = Config {
+            let mut config = Config {
                 site,
                 storage,
                 upstream,
                 stations,
                 sources,
                 control,
+                warnings: Vec::new(),
             };
-            validate(&config, &mut c);
+            let mut warnings = Collector::default();
+            validate(&config, &mut c, &mut warnings);
+            config.warnings = warnings.0;
             if c.0.is_empty() {
                 Ok(config)
             } else {
@@ -770,12 +847,12 @@ fn valid_name(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// Checks an `mqtt://host:port` URL; returns the problem, if any.
+/// Checks an `mqtt://` or `mqtts://` URL; returns the problem, if any.
 pub fn check_mqtt_url(url: &str) -> Result<(), String> {
     parse_mqtt_url(url).map(|_| ())
 }
 
-/// A broker address from `mqtt://host[:port]`.
+/// A broker address from `mqtt://host[:port]` or `mqtts://host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
     pub host: String,
@@ -793,11 +870,6 @@ pub fn parse_mqtt_url(url: &str) -> Result<BrokerAddr, String> {
             "{url:?} is not an MQTT URL; write mqtt://host:1883 or mqtts://host:8883"
         ));
     };
-    if tls {
-        return Err(format!(
-            "{url:?}: mqtts:// (TLS) is not supported by this build yet; use mqtt://"
-        ));
-    }
     let rest = rest.trim_end_matches('/');
     if rest.contains('/') || rest.contains('@') {
         return Err(format!(
@@ -840,7 +912,60 @@ fn check_topic_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn validate(cfg: &Config, c: &mut Collector) {
+/// The TLS and credential keys of one broker: errors in `c`, warnings in `w`.
+fn check_access(c: &mut Collector, w: &mut Collector, a: &BrokerAccess) {
+    let k = &a.key;
+    // An invalid URL is reported on its own; the TLS keys are checked once it says which.
+    let tls = parse_mqtt_url(&a.url).map(|addr| addr.tls).ok();
+    if tls == Some(false) {
+        for (name, set) in [
+            ("ca_file", a.ca_file.is_some()),
+            ("cert_file", a.cert_file.is_some()),
+            ("key_file", a.key_file.is_some()),
+        ] {
+            if set {
+                c.push(
+                    format!("{k}.{name}"),
+                    format!("only used with TLS, but {k}.url is mqtt://; write mqtts://host:8883 or remove it"),
+                );
+            }
+        }
+    } else if tls == Some(true) {
+        if let Err(errors) = crate::tls::client_config(a) {
+            for e in errors {
+                c.push(e.key().to_string(), e.to_string());
+            }
+        }
+    }
+    match &a.username {
+        Some(u) if u.is_empty() || u.len() > 65535 => c.push(
+            format!("{k}.username"),
+            "must be 1 to 65535 characters; remove it to connect without one",
+        ),
+        Some(_) => {}
+        None if a.password_file.is_some() => c.push(
+            format!("{k}.username"),
+            "required with password_file: MQTT sends a password only with a user name",
+        ),
+        None => {}
+    }
+    if let Some(p) = &a.password_file {
+        let key = format!("{k}.password_file");
+        if let Err(e) = crate::tls::read_password(&key, p) {
+            c.push(key, e.to_string());
+        }
+    }
+    for (name, path) in [
+        ("key_file", &a.key_file),
+        ("password_file", &a.password_file),
+    ] {
+        if let Some(warning) = path.as_deref().and_then(crate::tls::exposure) {
+            w.push(format!("{k}.{name}"), warning);
+        }
+    }
+}
+
+fn validate(cfg: &Config, c: &mut Collector, w: &mut Collector) {
     if !valid_site_id(&cfg.site.id) {
         c.push(
             "site.id",
@@ -899,6 +1024,7 @@ fn validate(cfg: &Config, c: &mut Collector) {
             format!("{} is below the minimum 5s", up.keep_alive),
         );
     }
+    check_access(c, w, &up.access("upstream"));
 
     let mut station_ids = HashSet::new();
     for (i, s) in cfg.stations.iter().enumerate() {
@@ -986,6 +1112,7 @@ fn validate(cfg: &Config, c: &mut Collector) {
         if let Err(e) = check_mqtt_url(&s.url) {
             c.push(format!("{key}.url"), e);
         }
+        check_access(c, w, &s.access(key.clone()));
         if s.receive_maximum == 0 {
             c.push(
                 format!("{key}.receive_maximum"),

@@ -22,6 +22,7 @@ use crate::buffer::Appended;
 use crate::config::{parse_mqtt_url, MqttSource};
 use crate::normalize::Normalizer;
 use crate::status::SourceState;
+use crate::tls::Access;
 
 /// How long the site broker keeps our session (subscriptions and undelivered messages) while
 /// the agent is away.
@@ -38,9 +39,20 @@ impl MqttSource {
             .unwrap_or_else(|| format!("edge-agent-{site}-{}", self.id))
     }
 
-    fn options(&self, site: &str) -> Result<MqttOptions, String> {
-        let addr = parse_mqtt_url(&self.url)?;
+    /// Client options, with TLS settings and credentials read from their files now. `key`
+    /// names this source's keys in messages (`sources.mqtt[N]`).
+    fn options(&self, site: &str, key: &str) -> Result<MqttOptions, String> {
+        let what = format!("site broker {} (source {})", self.url, self.id);
+        let addr = parse_mqtt_url(&self.url).map_err(|e| format!("{what}: {e}"))?;
+        let mut access =
+            Access::prepare(&self.access(key), addr.tls).map_err(|e| format!("{what}: {e}"))?;
         let mut o = MqttOptions::new(self.client_id(site), addr.host, addr.port);
+        if let Some(t) = access.transport() {
+            o.set_transport(t);
+        }
+        if let Some((user, password)) = access.credentials() {
+            o.set_credentials(user, password);
+        }
         o.set_keep_alive(Duration::from_secs(30));
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(SESSION_EXPIRY.as_secs() as u32));
@@ -55,13 +67,7 @@ impl MqttSource {
     /// The running source: reads until shutdown.
     pub async fn build(self, ctx: SourceContext) {
         let site = ctx.config.site.id.clone();
-        let opts = match self.options(&site) {
-            Ok(o) => o,
-            Err(e) => {
-                ctx.status.set_source(&self.id, SourceState::Retrying, e);
-                return;
-            }
-        };
+        let key = self.key(&ctx);
         let mut norm = Normalizer::new(
             &ctx.config,
             &self.id,
@@ -73,11 +79,25 @@ impl MqttSource {
         // While the buffer refuses readings, look again soon: room comes back as upstream drains.
         let mut full_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         loop {
+            let opts = match self.options(&site, &key) {
+                Ok(o) => o,
+                Err(why) => {
+                    if ctx.status.sources().get(&self.id).map(|s| &s.detail) != Some(&why) {
+                        tracing::warn!(source = %self.id, "{why}; retrying");
+                    }
+                    ctx.status.set_source(&self.id, SourceState::Retrying, why);
+                    tokio::select! {
+                        // Cancel-safe: sleeping holds no state.
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                        _ = ctx.shutdown.cancelled() => return,
+                    }
+                }
+            };
             // A fresh session object each time: after refusing readings (buffer full under
             // reject_new) we reconnect so the broker redelivers what we did not acknowledge.
-            let (client, eventloop) = AsyncClient::new(opts.clone(), REQUESTS);
+            let (client, eventloop) = AsyncClient::new(opts, REQUESTS);
             match self
-                .session(&client, eventloop, &mut norm, &ctx, &mut backoff)
+                .session(&client, eventloop, &mut norm, &ctx, &mut backoff, &key)
                 .await
             {
                 Exit::Shutdown => return,
@@ -106,6 +126,7 @@ impl MqttSource {
         norm: &mut Normalizer,
         ctx: &SourceContext,
         backoff: &mut Backoff,
+        key: &str,
     ) -> Exit {
         // Readings queued for commit, oldest first, with the message to acknowledge after it.
         let mut unacked: VecDeque<(oneshot::Receiver<Appended>, Publish)> = VecDeque::new();
@@ -161,7 +182,7 @@ impl MqttSource {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    let why = self.describe(&e);
+                    let why = self.describe(&e, key);
                     let first = ctx
                         .status
                         .sources()
@@ -254,14 +275,33 @@ impl MqttSource {
         .await;
     }
 
-    fn describe(&self, e: &ConnectionError) -> String {
+    /// `sources.mqtt[N]`: how this source's keys are named in messages.
+    fn key(&self, ctx: &SourceContext) -> String {
+        match ctx.config.sources.mqtt.iter().position(|s| s.id == self.id) {
+            Some(i) => format!("sources.mqtt[{i}]"),
+            None => format!("source {}", self.id),
+        }
+    }
+
+    fn describe(&self, e: &ConnectionError, key: &str) -> String {
         let what = format!("site broker {} (source {})", self.url, self.id);
+        if let Some(why) = crate::tls::explain(e, key) {
+            return format!("{what}: {why}");
+        }
         match e {
             ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 format!("{what}: connection refused; is the broker running and listening there?")
             }
+            ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            ) => {
+                format!("{what}: the broker refused the connection ({code:?}); check {key}.username and {key}.password_file")
+            }
             ConnectionError::ConnectionRefused(code) => {
                 format!("{what}: the broker refused the connection ({code:?}); check credentials and client id")
+            }
+            ConnectionError::Tls(t) => {
+                format!("{what}: TLS: {t}; check {key}.url and {key}.ca_file")
             }
             other => format!("{what}: {other}"),
         }

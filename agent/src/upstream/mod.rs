@@ -29,6 +29,7 @@ use crate::buffer::{PendingRow, Store, WriterHandle};
 use crate::config::{parse_mqtt_url, Config, Format};
 use crate::control::status_json;
 use crate::status::StatusBoard;
+use crate::tls::Access;
 use rate::TokenBucket;
 
 /// The upstream task proves it is alive at least this often (for the systemd watchdog).
@@ -110,10 +111,21 @@ impl Upstream {
         )
     }
 
+    /// Client options, with TLS settings and credentials read from their files now: a rotated
+    /// certificate or password is picked up at the next connection.
     fn options(&self) -> Result<MqttOptions, String> {
         let up = &self.config.upstream;
-        let addr = parse_mqtt_url(&up.url)?;
+        let what = format!("upstream broker {}", up.url);
+        let addr = parse_mqtt_url(&up.url).map_err(|e| format!("{what}: {e}"))?;
+        let mut access = Access::prepare(&up.access("upstream"), addr.tls)
+            .map_err(|e| format!("{what}: {e}"))?;
         let mut o = MqttOptions::new(self.config.upstream_client_id(), addr.host, addr.port);
+        if let Some(t) = access.transport() {
+            o.set_transport(t);
+        }
+        if let Some((user, password)) = access.credentials() {
+            o.set_credentials(user, password);
+        }
         o.set_keep_alive(up.keep_alive.0);
         // We track delivery ourselves and resend from the buffer on every connection.
         o.set_clean_session(true);
@@ -130,22 +142,19 @@ impl Upstream {
 
     /// Runs until shutdown.
     pub async fn run(mut self) {
-        let opts = match self.options() {
-            Ok(o) => o,
-            Err(e) => {
-                self.status.set_upstream(false, e);
-                return;
-            }
-        };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut last_why = String::new();
         let mut bucket = TokenBucket::new(self.config.upstream.replay_rate);
         let mut jobs = VecDeque::new();
         loop {
-            match self
-                .connection(opts.clone(), &mut backoff, &mut bucket, &mut jobs)
-                .await
-            {
+            let ended = match self.options() {
+                Ok(opts) => {
+                    self.connection(opts, &mut backoff, &mut bucket, &mut jobs)
+                        .await
+                }
+                Err(why) => Ended::Dropped(why),
+            };
+            match ended {
                 Ended::Shutdown => return,
                 Ended::Dropped(why) => {
                     if why != last_why {
@@ -488,14 +497,27 @@ impl Upstream {
 
     fn describe(&self, e: &ConnectionError) -> String {
         let what = format!("upstream broker {}", self.config.upstream.url);
+        if let Some(why) = crate::tls::explain(e, "upstream") {
+            return format!("{what}: {why}");
+        }
         match e {
             ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 format!("{what}: connection refused; is it reachable and listening?")
+            }
+            ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            ) => {
+                format!(
+                    "{what}: refused the connection ({code:?}); check upstream.username and upstream.password_file"
+                )
             }
             ConnectionError::ConnectionRefused(code) => {
                 format!(
                     "{what}: refused the connection ({code:?}); check credentials and client id"
                 )
+            }
+            ConnectionError::Tls(t) => {
+                format!("{what}: TLS: {t}; check upstream.url and upstream.ca_file")
             }
             other => format!("{what}: {other}"),
         }
