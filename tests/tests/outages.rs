@@ -300,6 +300,11 @@ fn a_full_buffer_drops_the_oldest_and_reports_every_drop_to_central() -> Result<
         "status dropped {} vs reported {dropped}",
         st["dropped"]
     );
+    let rss = edge_tests::rss_kib(agent.pid().unwrap_or(0)).unwrap_or(u64::MAX);
+    ensure!(
+        rss < 64 * 1024,
+        "agent RSS {rss} KiB after 20,000 readings into a full buffer"
+    );
     let reports = events
         .iter()
         .filter(|e| e["body"]["reason"] == "dropped")

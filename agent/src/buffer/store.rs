@@ -149,6 +149,14 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// redb's page cache, at most. Its default (1 GiB) would let a large backlog's drain grow the
+/// agent to hundreds of MiB; reads here are sequential, so a small cache costs little.
+const CACHE_BYTES: usize = 16 << 20;
+
+fn open_file(path: &Path) -> Result<Database, redb::DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
+}
+
 /// Splits a stored value into its observed_at and CBOR parts.
 fn split_value(seq: u64, v: &[u8]) -> Result<(u64, &[u8]), StoreError> {
     if v.len() < 8 {
@@ -169,7 +177,7 @@ impl Store {
                 source,
             })?;
         }
-        let db = Database::create(path).map_err(|source| StoreError::Open {
+        let db = open_file(path).map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
             source,
         })?;
@@ -195,7 +203,7 @@ impl Store {
         }
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         *slot = None;
-        let db = Database::create(&self.path).map_err(|source| StoreError::Open {
+        let db = open_file(&self.path).map_err(|source| StoreError::Open {
             path: self.path.clone(),
             source,
         })?;
