@@ -44,6 +44,8 @@ pub struct StatusBoard {
     delivered: AtomicU64,
     /// When the upstream task last went round its loop (ms since the epoch).
     upstream_beat: AtomicU64,
+    /// (ms, delivered) once a second, for the drain rate.
+    samples: Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// Bumped on every change of a source's state (the status topic republishes then).
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -60,10 +62,14 @@ impl Default for StatusBoard {
             storage_error: Mutex::new(None),
             delivered: AtomicU64::new(0),
             upstream_beat: AtomicU64::new(crate::time::now_ms()),
+            samples: Mutex::new(std::collections::VecDeque::new()),
             changes: tokio::sync::watch::channel(0).0,
         }
     }
 }
+
+/// The drain rate is measured over this many one-second samples.
+const RATE_WINDOW_SAMPLES: usize = 30;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding this lock cannot leave the maps inconsistent: recover the data.
@@ -112,10 +118,30 @@ impl StatusBoard {
         u.detail = detail.into();
     }
 
-    /// The upstream task is alive and going round its loop.
+    /// The upstream task is alive and going round its loop; also samples the delivered count
+    /// (at most once a second) for the drain rate.
     pub fn upstream_beat(&self) {
-        self.upstream_beat
-            .store(crate::time::now_ms(), Ordering::Relaxed);
+        let now = crate::time::now_ms();
+        self.upstream_beat.store(now, Ordering::Relaxed);
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        let mut samples = lock(&self.samples);
+        if samples.back().is_none_or(|(t, _)| now >= t + 1000) {
+            samples.push_back((now, delivered));
+            while samples.len() > RATE_WINDOW_SAMPLES {
+                samples.pop_front();
+            }
+        }
+    }
+
+    /// Events acknowledged upstream per second over the last half minute.
+    pub fn drain_rate(&self) -> f64 {
+        let samples = lock(&self.samples);
+        let now = crate::time::now_ms();
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        match samples.front() {
+            Some((t, d)) if now > *t + 500 => (delivered - d) as f64 * 1000.0 / (now - t) as f64,
+            _ => 0.0,
+        }
     }
 
     pub fn upstream_beat_age(&self) -> std::time::Duration {

@@ -451,3 +451,46 @@ fn a_full_disk_is_reported_retried_and_loses_nothing() -> Result<()> {
     ensure!(distinct.len() == N + 1, "{} of {}", distinct.len(), N + 1);
     Ok(())
 }
+
+#[test]
+fn the_retained_status_says_online_and_the_last_will_says_offline_after_kill_9() -> Result<()> {
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let status_sink = Collector::subscribe(central.port, "edge/dc-test-02/status")?;
+    let mut agent = Agent::start(&config(&central, &site))?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    let online = wait_for("a retained online status", DEADLINE, || {
+        status_sink
+            .all()
+            .into_iter()
+            .map(|r| r.json())
+            .find(|v| v["state"] == "online" && v["sources"]["scanner-mqtt"]["state"] == "open")
+    })?;
+    for key in [
+        "backlog",
+        "oldest_pending_s",
+        "dropped",
+        "config_version",
+        "drain_rate",
+    ] {
+        ensure!(online.get(key).is_some(), "status lacks {key}: {online}");
+    }
+    let status = agent.signal(nix::sys::signal::Signal::SIGKILL)?;
+    ensure!(status.code().is_none(), "{status:?}");
+    wait_for("the last will", DEADLINE, || {
+        status_sink
+            .all()
+            .into_iter()
+            .any(|r| r.json() == serde_json::json!({"state": "offline"}))
+            .then_some(())
+    })?;
+    // A late subscriber sees the retained offline state.
+    let late = Collector::subscribe(central.port, "edge/dc-test-02/status")?;
+    wait_for("the retained offline status", DEADLINE, || {
+        late.all()
+            .into_iter()
+            .any(|r| r.json()["state"] == "offline")
+            .then_some(())
+    })?;
+    Ok(())
+}

@@ -23,9 +23,13 @@ pub fn status_json(stats: &BufferStats, board: &StatusBoard, config_version: Opt
         .into_iter()
         .map(|(id, s)| (id, serde_json::to_value(s).unwrap_or(Value::Null)))
         .collect();
+    let rate = board.drain_rate();
+    let eta_s = (stats.backlog > 0 && rate >= 0.1).then(|| (stats.backlog as f64 / rate).round());
     json!({
         "state": "online",
         "backlog": stats.backlog,
+        "drain_rate": (rate * 10.0).round() / 10.0,
+        "eta_s": eta_s,
         "oldest_pending_s": (oldest_pending_s * 10.0).round() / 10.0,
         "dropped": stats.dropped,
         "config_version": config_version,

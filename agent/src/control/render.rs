@@ -25,8 +25,17 @@ pub fn render_status(v: &Value) -> String {
     );
     let _ = writeln!(
         out,
-        "backlog:   {} events, oldest pending {} s",
-        v["backlog"], v["oldest_pending_s"]
+        "backlog:   {} events, oldest pending {} s, draining {} events/s{}",
+        v["backlog"],
+        v["oldest_pending_s"],
+        v["drain_rate"],
+        match v["eta_s"].as_f64() {
+            Some(s) => format!(
+                ", empty in about {}",
+                humantime::format_duration(std::time::Duration::from_secs(s as u64))
+            ),
+            None => String::new(),
+        }
     );
     let _ = writeln!(out, "dropped:   {}", v["dropped"]);
     let st = &v["storage"];
