@@ -676,7 +676,7 @@ pub fn ai_title(ai: &str) -> Option<&'static str> {
 
 /// Gregorian leap year.
 pub fn is_leap_year(year: u16) -> bool {
-    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
 }
 
 /// Days in a month (1-12) of a Gregorian year; 0 for a month out of range.
