@@ -77,8 +77,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl StatusBoard {
-    /// Records a source's state; logs and signals only when the state changes.
-    pub fn set_source(&self, id: &str, state: SourceState, detail: impl Into<String>) {
+    /// Marks a source as retrying and logs why, once per distinct reason (a port that stays
+    /// missing is logged once, not at every retry).
+    pub fn source_retrying(&self, id: &str, why: String) {
+        if self.set_source(id, SourceState::Retrying, why.clone()) {
+            tracing::warn!(source = %id, "{why}; retrying");
+        }
+    }
+
+    /// Records a source's state; signals (and returns true) only when it changed.
+    pub fn set_source(&self, id: &str, state: SourceState, detail: impl Into<String>) -> bool {
         let detail = detail.into();
         let mut map = lock(&self.sources);
         let entry = map.entry(id.to_string()).or_insert_with(|| SourceStatus {
@@ -95,6 +103,7 @@ impl StatusBoard {
         if changed {
             self.changes.send_modify(|n| *n += 1);
         }
+        changed
     }
 
     pub fn source_reading(&self, id: &str, at_ms: u64) {

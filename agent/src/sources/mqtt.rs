@@ -82,10 +82,7 @@ impl MqttSource {
             let opts = match self.options(&site, &key) {
                 Ok(o) => o,
                 Err(why) => {
-                    if ctx.status.sources().get(&self.id).map(|s| &s.detail) != Some(&why) {
-                        tracing::warn!(source = %self.id, "{why}; retrying");
-                    }
-                    ctx.status.set_source(&self.id, SourceState::Retrying, why);
+                    ctx.status.source_retrying(&self.id, why);
                     tokio::select! {
                         // Cancel-safe: sleeping holds no state.
                         _ = tokio::time::sleep(backoff.next_delay()) => continue,
@@ -106,8 +103,7 @@ impl MqttSource {
                         "buffer full (storage.on_full = \"reject_new\"): not taking readings from {}; the site broker keeps them until there is room",
                         self.url
                     );
-                    tracing::warn!(source = %self.id, "{why}");
-                    ctx.status.set_source(&self.id, SourceState::Retrying, why);
+                    ctx.status.source_retrying(&self.id, why);
                     tokio::select! {
                         // Cancel-safe: sleeping holds no state.
                         _ = tokio::time::sleep(full_backoff.next_delay()) => {}
@@ -183,16 +179,7 @@ impl MqttSource {
                 Ok(_) => {}
                 Err(e) => {
                     let why = self.describe(&e, key);
-                    let first = ctx
-                        .status
-                        .sources()
-                        .get(&self.id)
-                        .map(|s| s.detail != why)
-                        .unwrap_or(true);
-                    if first {
-                        tracing::warn!(source = %self.id, "{why}; retrying");
-                    }
-                    ctx.status.set_source(&self.id, SourceState::Retrying, why);
+                    ctx.status.source_retrying(&self.id, why);
                     tokio::select! {
                         // Cancel-safe: sleeping holds no state.
                         _ = tokio::time::sleep(backoff.next_delay()) => {}

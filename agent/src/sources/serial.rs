@@ -47,16 +47,7 @@ impl SerialSource {
                 Err(e) => self.describe_open_error(&e),
             };
             let delay = backoff.next_delay();
-            let first = ctx
-                .status
-                .sources()
-                .get(&self.id)
-                .map(|s| s.detail != why)
-                .unwrap_or(true);
-            if first {
-                tracing::warn!(source = %self.id, "{why}; retrying");
-            }
-            ctx.status.set_source(&self.id, SourceState::Retrying, why);
+            ctx.status.source_retrying(&self.id, why);
             tokio::select! {
                 // Cancel-safe: sleeping holds no state.
                 _ = tokio::time::sleep(delay) => {}
