@@ -552,3 +552,37 @@ fn replay_sends_delivered_events_again_with_their_ids_from_the_socket_and_from_m
     );
     Ok(())
 }
+
+#[test]
+fn a_site_broker_that_goes_down_is_retried_and_readings_flow_again_when_it_returns() -> Result<()> {
+    let central = Broker::start()?;
+    let mut site = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    let src = format!(
+        "[[sources.mqtt]]\nid = \"scanner-mqtt\"\nurl = \"{}\"\ntopics = [\"site/+/scan\"]\ndecoder = \"barcode\"\nstation = \"pack-01\"\n",
+        site.url()
+    );
+    let agent = Agent::start(&config(&central, &src))?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    site.stop();
+    let st = agent.wait_source("scanner-mqtt", "retrying")?;
+    let detail = st["sources"]["scanner-mqtt"]["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    ensure!(
+        detail.contains(&site.url()),
+        "the status names the broker: {detail}"
+    );
+    site.restart()?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    device.publish("site/a/scan", "AFTER-BROKER-RETURNED")?;
+    let events = sink.wait_events(1, DEADLINE)?;
+    ensure!(
+        events[0]["body"]["code"] == "AFTER-BROKER-RETURNED",
+        "{}",
+        events[0]
+    );
+    Ok(())
+}
