@@ -528,6 +528,18 @@ impl Upstream {
 async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
     loop {
         let ev = eventloop.poll().await;
+        if ev.is_err() {
+            // PUBACKs read in the same batch as the error (a broker that shuts down answers
+            // what it received, then closes): the broker has those events, so they count as
+            // delivered instead of going out again as duplicates.
+            let late: Vec<Event> = eventloop.state.events.drain(..).collect();
+            for e in late {
+                if matches!(e, Event::Incoming(Packet::PubAck(_))) && tx.send(Ok(e)).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
         let failed = ev.is_err();
         if tx.send(ev).await.is_err() || failed {
             return;

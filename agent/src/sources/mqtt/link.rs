@@ -1,0 +1,327 @@
+//! One connection to a site broker as an MQTT 5 subscriber: connect (TCP or TLS), subscribe,
+//! read packets, write PUBACKs. Packets are encoded and decoded by rumqttc's codec
+//! (`mqttbytes`); the connection itself is ours so that the source decides when to read.
+//!
+//! Why not rumqttc's event loop: it reads up to ten packets for each request (a PUBACK) it
+//! writes, and some brokers (mosquitto 2.0.11 here) send far past the Receive Maximum we
+//! announce. Under a flood, thousands of readings were committed whose PUBACK had not left;
+//! a crash then made the broker redeliver all of them. Here the source stops reading while
+//! `receive_maximum` messages wait for their PUBACK, whatever the broker does, so a crash can
+//! make it redeliver at most that many stored readings.
+//!
+//! Every method that reads is cancel-safe (see [`Link::fill`]); writes are not, and are never
+//! raced against anything but their own timeout.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
+    Filter, Login, Packet, PingReq, PubAck, Subscribe, SubscribeReasonCode,
+};
+use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long connecting (TCP, TLS and CONNACK together) and any single write may take.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection is made with.
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    /// TLS for `mqtts://`; None: plain TCP.
+    pub tls: Option<ClientConfig>,
+    pub client_id: String,
+    pub login: Option<(String, String)>,
+    pub keep_alive: Duration,
+    /// How long the broker keeps the session while we are away.
+    pub session_expiry: Duration,
+    pub receive_maximum: u16,
+    /// The largest packet we accept; the broker must not send larger.
+    pub max_packet: u32,
+}
+
+/// Why a connection ended or could not be made.
+#[derive(Debug)]
+pub enum LinkError {
+    Io(io::Error),
+    /// Nothing came back within the time allowed: `what` names the step.
+    Timeout(&'static str, Duration),
+    Refused(ConnectReturnCode, Option<String>),
+    Disconnected(DisconnectReasonCode, Option<String>),
+    Subscription(String, SubscribeReasonCode),
+    Protocol(String),
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Io(e) => write!(f, "{e}"),
+            LinkError::Timeout(what, d) => {
+                write!(f, "no {what} within {}", humantime::format_duration(*d))
+            }
+            LinkError::Refused(code, reason) => {
+                write!(f, "the broker refused the connection ({code:?})")?;
+                reason_suffix(f, reason)
+            }
+            LinkError::Disconnected(code, reason) => {
+                write!(f, "the broker closed the session ({code:?})")?;
+                reason_suffix(f, reason)
+            }
+            LinkError::Subscription(topic, code) => {
+                write!(
+                    f,
+                    "the broker refused the subscription to {topic:?} ({code:?})"
+                )
+            }
+            LinkError::Protocol(what) => write!(f, "protocol error: {what}"),
+        }
+    }
+}
+
+fn reason_suffix(f: &mut fmt::Formatter<'_>, reason: &Option<String>) -> fmt::Result {
+    match reason {
+        Some(r) => write!(f, ": {r}"),
+        None => Ok(()),
+    }
+}
+
+impl std::error::Error for LinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LinkError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for LinkError {
+    fn from(e: io::Error) -> Self {
+        LinkError::Io(e)
+    }
+}
+
+impl From<CodecError> for LinkError {
+    fn from(e: CodecError) -> Self {
+        LinkError::Protocol(e.to_string())
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An open, accepted MQTT 5 connection.
+pub struct Link {
+    stream: Box<dyn Io>,
+    /// Bytes read and not yet decoded.
+    input: BytesMut,
+    /// Packets encoded and not yet written.
+    output: BytesMut,
+    max_packet: u32,
+    /// How often we must send something; the broker may set it in CONNACK.
+    pub keep_alive_every: Duration,
+    /// When each PINGREQ still waiting for its PINGRESP was sent, oldest first.
+    pings: VecDeque<tokio::time::Instant>,
+    /// The SUBSCRIBE waiting for its SUBACK, with its topics.
+    subscribing: Option<(u16, Vec<String>)>,
+}
+
+impl Link {
+    /// Connects and waits for the broker to accept: the CONNACK, whose `session_present`
+    /// tells whether the broker kept our session.
+    pub async fn connect(s: &Settings) -> Result<(Link, ConnAck), LinkError> {
+        tokio::time::timeout(NETWORK_TIMEOUT, Link::handshake(s))
+            .await
+            .map_err(|_| LinkError::Timeout("CONNACK", NETWORK_TIMEOUT))?
+    }
+
+    async fn handshake(s: &Settings) -> Result<(Link, ConnAck), LinkError> {
+        let tcp = TcpStream::connect((s.host.as_str(), s.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match &s.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = ServerName::try_from(s.host.clone()).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidInput, format!("host name: {e}"))
+                })?;
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(config.clone()));
+                Box::new(connector.connect(name, tcp).await?)
+            }
+        };
+        let mut link = Link {
+            stream,
+            input: BytesMut::with_capacity(16 * 1024),
+            output: BytesMut::with_capacity(4 * 1024),
+            max_packet: s.max_packet,
+            keep_alive_every: s.keep_alive,
+            pings: VecDeque::new(),
+            subscribing: None,
+        };
+        let mut properties = ConnectProperties::new();
+        properties.session_expiry_interval =
+            Some(s.session_expiry.as_secs().min(u32::MAX as u64) as u32);
+        properties.receive_maximum = Some(s.receive_maximum);
+        properties.max_packet_size = Some(s.max_packet);
+        let connect = Connect {
+            keep_alive: s.keep_alive.as_secs().min(u16::MAX as u64) as u16,
+            client_id: s.client_id.clone(),
+            clean_start: false,
+            properties: Some(properties),
+        };
+        let login = s
+            .login
+            .as_ref()
+            .map(|(u, p)| Login::new(u.as_str(), p.as_str()));
+        link.send(Packet::Connect(connect, None, login)).await?;
+        loop {
+            if let Some(packet) = link.try_next()? {
+                let Packet::ConnAck(ack) = packet else {
+                    return Err(LinkError::Protocol(format!(
+                        "expected CONNACK, got {packet:?}"
+                    )));
+                };
+                if ack.code != ConnectReturnCode::Success {
+                    let reason = ack
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.reason_string.clone());
+                    return Err(LinkError::Refused(ack.code, reason));
+                }
+                if let Some(k) = ack.properties.as_ref().and_then(|p| p.server_keep_alive) {
+                    link.keep_alive_every = Duration::from_secs(u64::from(k));
+                }
+                return Ok((link, ack));
+            }
+            link.fill().await?;
+        }
+    }
+
+    /// Subscribes to `topics` with QoS 1. The SUBACK comes back through [`Link::try_next`],
+    /// which turns a refused filter into an error.
+    pub async fn subscribe(&mut self, topics: &[String]) -> Result<(), LinkError> {
+        let filters = topics
+            .iter()
+            .map(|t| Filter::new(t.clone(), QoS::AtLeastOnce));
+        let mut subscribe = Subscribe::new_many(filters, None);
+        subscribe.pkid = 1;
+        self.subscribing = Some((subscribe.pkid, topics.to_vec()));
+        self.send(Packet::Subscribe(subscribe)).await
+    }
+
+    /// The next complete packet already read, if any. SUBACK is handled here; a refused
+    /// subscription and a DISCONNECT from the broker are errors.
+    pub fn try_next(&mut self) -> Result<Option<Packet>, LinkError> {
+        loop {
+            let packet = match Packet::read(&mut self.input, Some(self.max_packet)) {
+                Ok(p) => p,
+                Err(CodecError::InsufficientBytes(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            match &packet {
+                Packet::PingResp(_) => {
+                    self.pings.pop_front();
+                    return Ok(Some(packet));
+                }
+                Packet::SubAck(ack) => self.check_suback(ack.pkid, &ack.return_codes)?,
+                Packet::Disconnect(d) => {
+                    let reason = d.properties.as_ref().and_then(|p| p.reason_string.clone());
+                    return Err(LinkError::Disconnected(d.reason_code, reason));
+                }
+                _ => return Ok(Some(packet)),
+            }
+        }
+    }
+
+    fn check_suback(&mut self, pkid: u16, codes: &[SubscribeReasonCode]) -> Result<(), LinkError> {
+        let Some((expected, topics)) = self.subscribing.take() else {
+            return Err(LinkError::Protocol(format!(
+                "SUBACK {pkid} for no SUBSCRIBE"
+            )));
+        };
+        if pkid != expected {
+            return Err(LinkError::Protocol(format!(
+                "SUBACK {pkid}, expected {expected}"
+            )));
+        }
+        for (topic, code) in topics.into_iter().zip(codes) {
+            if !matches!(code, SubscribeReasonCode::Success(_)) {
+                return Err(LinkError::Subscription(topic, *code));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the broker sent next into the input buffer. Cancel-safe: if it is dropped
+    /// before it completes, nothing was read.
+    pub async fn fill(&mut self) -> Result<(), LinkError> {
+        let n = self.stream.read_buf(&mut self.input).await?;
+        if n == 0 {
+            return Err(LinkError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the broker closed the connection",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues a PUBACK; [`Link::flush`] writes it.
+    pub fn ack(&mut self, pkid: u16) -> Result<(), LinkError> {
+        Packet::PubAck(PubAck::new(pkid, None)).write(&mut self.output, None)?;
+        Ok(())
+    }
+
+    /// Writes what is queued.
+    pub async fn flush(&mut self) -> Result<(), LinkError> {
+        let write = async {
+            self.stream.write_all(&self.output).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(NETWORK_TIMEOUT, write)
+            .await
+            .map_err(|_| LinkError::Timeout("room to write", NETWORK_TIMEOUT))??;
+        self.output.clear();
+        Ok(())
+    }
+
+    /// Queues a PINGREQ ([`Link::flush`] writes it). The broker answers once it has read
+    /// everything we wrote before it, so its PINGRESP also confirms our earlier PUBACKs.
+    /// PINGRESPs come back in the order of their PINGREQs.
+    pub fn ping(&mut self) -> Result<(), LinkError> {
+        Packet::PingReq(PingReq).write(&mut self.output, None)?;
+        self.pings.push_back(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Keep-alive, called every `keep_alive_every`: an error if a PINGREQ has waited that
+    /// long for its answer; false if a PINGREQ is on its way anyway, true if one is needed
+    /// (queue it with [`Link::ping`]).
+    pub fn keep_alive(&self) -> Result<bool, LinkError> {
+        match self.pings.front() {
+            Some(at) if at.elapsed() >= self.keep_alive_every => {
+                Err(LinkError::Timeout("PINGRESP", self.keep_alive_every))
+            }
+            Some(_) => Ok(false),
+            None => Ok(true),
+        }
+    }
+
+    /// A clean goodbye; the broker keeps the session (its expiry was set at connect).
+    pub async fn disconnect(&mut self) -> Result<(), LinkError> {
+        self.send(Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::NormalDisconnection,
+        )))
+        .await
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), LinkError> {
+        packet.write(&mut self.output, None)?;
+        self.flush().await
+    }
+}

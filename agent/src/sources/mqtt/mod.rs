@@ -1,0 +1,392 @@
+//! MQTT devices on the site's broker. MQTT 5, subscribed with QoS 1, a stable client id and a
+//! persistent session (kept by the broker for `SESSION_EXPIRY` while the agent is away); a
+//! message is acknowledged (PUBACK) only after its reading is committed, so whatever the agent
+//! has not stored the broker still holds and redelivers.
+//!
+//! Flow control is ours, not the broker's: while `receive_maximum` messages wait for their
+//! commit and PUBACK, the source reads nothing more (the rest waits in the socket and then in
+//! the broker). That bounds memory, and bounds what a crash can make the broker redeliver
+//! although it was already stored (committed, PUBACK not yet out) to `receive_maximum`, even
+//! with brokers that send past the Receive Maximum we announce. The connection is in `link`.
+
+mod link;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use tokio::sync::oneshot;
+
+use super::SourceContext;
+use crate::backoff::Backoff;
+use crate::buffer::Appended;
+use crate::config::{parse_mqtt_url, MqttSource};
+use crate::normalize::Normalizer;
+use crate::status::SourceState;
+use crate::tls::Access;
+use link::{Link, LinkError, Settings};
+
+/// How long the site broker keeps our session (subscriptions and undelivered messages) while
+/// the agent is away.
+const SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Readings waiting for their commit, oldest first, with the packet id to acknowledge after.
+type Unacked = VecDeque<(oneshot::Receiver<Appended>, u16)>;
+
+impl MqttSource {
+    fn client_id(&self, site: &str) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-agent-{site}-{}", self.id))
+    }
+
+    /// Connection settings, with TLS settings and credentials read from their files now.
+    /// `key` names this source's keys in messages (`sources.mqtt[N]`).
+    fn settings(&self, site: &str, key: &str) -> Result<Settings, String> {
+        let what = format!("site broker {} (source {})", self.url, self.id);
+        let addr = parse_mqtt_url(&self.url).map_err(|e| format!("{what}: {e}"))?;
+        let mut access =
+            Access::prepare(&self.access(key), addr.tls).map_err(|e| format!("{what}: {e}"))?;
+        Ok(Settings {
+            host: addr.host,
+            port: addr.port,
+            tls: access.tls.take(),
+            client_id: self.client_id(site),
+            login: access.credentials(),
+            keep_alive: Duration::from_secs(30),
+            session_expiry: SESSION_EXPIRY,
+            receive_maximum: self.receive_maximum,
+            // A device message larger than max_frame becomes an exception, not a dropped
+            // connection: accept generously up to 1 MiB.
+            max_packet: (self.max_frame.max(1 << 20) + 1024) as u32,
+        })
+    }
+
+    /// The running source: reads until shutdown.
+    pub async fn build(self, ctx: SourceContext) {
+        let site = ctx.config.site.id.clone();
+        let key = self.key(&ctx);
+        let mut norm = Normalizer::new(
+            &ctx.config,
+            &self.id,
+            self.station.as_deref(),
+            self.decoding(),
+            ctx.correlator.clone(),
+        );
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        // While the buffer refuses readings, look again soon: room comes back as upstream drains.
+        let mut full_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        loop {
+            let delay = match self.settings(&site, &key) {
+                Err(why) => {
+                    ctx.status.source_retrying(&self.id, why);
+                    backoff.next_delay()
+                }
+                Ok(settings) => {
+                    match self.session(&settings, &mut norm, &ctx, &mut backoff).await {
+                        Ok(Exit::Shutdown) => return,
+                        Ok(Exit::Refused) => {
+                            let why = format!(
+                            "buffer full (storage.on_full = \"reject_new\"): not taking readings from {}; the site broker keeps them until there is room",
+                            self.url
+                        );
+                            ctx.status.source_retrying(&self.id, why);
+                            full_backoff.next_delay()
+                        }
+                        Err(e) => {
+                            ctx.status
+                                .source_retrying(&self.id, self.describe(&e, &key));
+                            backoff.next_delay()
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                // Cancel-safe: sleeping holds no state.
+                _ = tokio::time::sleep(delay) => {}
+                _ = ctx.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One MQTT session: runs until shutdown, until the buffer refuses a reading (then we
+    /// reconnect, so that the broker redelivers what we did not acknowledge), or until the
+    /// connection fails.
+    async fn session(
+        &self,
+        settings: &Settings,
+        norm: &mut Normalizer,
+        ctx: &SourceContext,
+        backoff: &mut Backoff,
+    ) -> Result<Exit, LinkError> {
+        let (mut link, ack) = tokio::select! {
+            // Cancel-safe enough: an abandoned connection attempt is simply closed.
+            r = Link::connect(settings) => r?,
+            _ = ctx.shutdown.cancelled() => return Ok(Exit::Shutdown),
+        };
+        backoff.reset();
+        ctx.status.set_source(
+            &self.id,
+            SourceState::Open,
+            format!(
+                "subscribed at {} (session present: {})",
+                self.url, ack.session_present
+            ),
+        );
+        tracing::info!(source = %self.id, "connected to site broker {}", self.url);
+        link.subscribe(&self.topics).await?;
+        let window = u64::from(self.receive_maximum);
+        let mut unacked = Unacked::new();
+        let mut read = Received::default();
+        let mut flow = Flow::default();
+        let mut keep_alive = tokio::time::interval_at(
+            tokio::time::Instant::now() + link.keep_alive_every,
+            link.keep_alive_every,
+        );
+        let exit = loop {
+            // Decode what was read, up to what we hold in memory.
+            while read.bytes < HELD_BYTES {
+                match link.try_next()? {
+                    None => break,
+                    Some(Packet::Publish(p)) => read.push(p),
+                    Some(Packet::PingResp(_)) => flow.pong(),
+                    Some(other) => {
+                        tracing::debug!(source = %self.id, "ignoring {other:?} from the site broker")
+                    }
+                }
+            }
+            // Store what the window allows.
+            while let Some(p) = read.queue.front() {
+                if p.qos != QoS::AtMostOnce && !flow.room(window) {
+                    break;
+                }
+                let Some(p) = read.pop() else { break };
+                if !self.take(p, norm, ctx, &mut unacked, &mut flow).await {
+                    return Ok(Exit::Shutdown);
+                }
+            }
+            tokio::select! {
+                // PUBACKs first: each leaves as soon as its reading is committed.
+                biased;
+                // Cancel-safe: awaiting `&mut Receiver` leaves it in place if not ready.
+                outcome = oldest(&mut unacked), if !unacked.is_empty() => {
+                    let (acked, refused) = self.ack_committed(&mut link, &mut unacked, outcome)?;
+                    flow.acked(acked, &mut link)?;
+                    link.flush().await?;
+                    if refused {
+                        break Exit::Refused;
+                    }
+                }
+                // Cancel-safe: see `Link::fill`.
+                r = link.fill(), if read.bytes < HELD_BYTES => r?,
+                // Cancel-safe: an interval tick that loses the race is taken next time.
+                _ = keep_alive.tick() => {
+                    if link.keep_alive()? {
+                        flow.ping(&mut link)?;
+                        link.flush().await?;
+                    }
+                }
+                _ = ctx.shutdown.cancelled() => break Exit::Shutdown,
+            }
+        };
+        if let Exit::Shutdown = exit {
+            self.finish(&mut link, unacked).await;
+        }
+        Ok(exit)
+    }
+
+    /// Hands one message to the writer; false if the writer has stopped.
+    async fn take(
+        &self,
+        p: Publish,
+        norm: &mut Normalizer,
+        ctx: &SourceContext,
+        unacked: &mut Unacked,
+        flow: &mut Flow,
+    ) -> bool {
+        let reading = norm.message(&p.payload);
+        ctx.status.source_reading(&self.id, reading.observed_ms);
+        // Waits only when the writer's queue is full: back-pressure on the broker.
+        match ctx.writer.append_confirmed(reading).await {
+            // QoS 0 is never acknowledged (nor redelivered).
+            Ok(confirmed) => {
+                if p.qos != QoS::AtMostOnce {
+                    unacked.push_back((confirmed, p.pkid));
+                    flow.stored += 1;
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Queues the PUBACK of the oldest reading (whose fate is `outcome`) and of every one after
+    /// it that is already committed (a commit group confirms many at once), stopping at the first
+    /// that is not decided. Returns how many it acknowledged and whether the buffer refused any
+    /// (no PUBACK: the broker redelivers).
+    fn ack_committed(
+        &self,
+        link: &mut Link,
+        unacked: &mut Unacked,
+        mut outcome: Option<Appended>,
+    ) -> Result<(u64, bool), LinkError> {
+        let mut refused = false;
+        let mut acked = 0;
+        while let Some((_, pkid)) = unacked.pop_front() {
+            match outcome {
+                Some(Appended::Committed(_)) => {
+                    link.ack(pkid)?;
+                    acked += 1;
+                }
+                Some(Appended::Refused) => refused = true,
+                // Not stored (the writer is stopping): the broker redelivers it.
+                None => {}
+            }
+            let Some((rx, _)) = unacked.front_mut() else {
+                break;
+            };
+            outcome = match rx.try_recv() {
+                Ok(a) => Some(a),
+                Err(oneshot::error::TryRecvError::Closed) => None,
+                Err(oneshot::error::TryRecvError::Empty) => break,
+            };
+        }
+        Ok((acked, refused))
+    }
+
+    /// At shutdown: acknowledge what the writer commits, then disconnect cleanly.
+    async fn finish(&self, link: &mut Link, mut unacked: Unacked) {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !unacked.is_empty() {
+                let outcome = oldest(&mut unacked).await;
+                self.ack_committed(link, &mut unacked, outcome)?;
+                link.flush().await?;
+            }
+            link.disconnect().await
+        })
+        .await;
+    }
+
+    /// `sources.mqtt[N]`: how this source's keys are named in messages.
+    fn key(&self, ctx: &SourceContext) -> String {
+        match ctx.config.sources.mqtt.iter().position(|s| s.id == self.id) {
+            Some(i) => format!("sources.mqtt[{i}]"),
+            None => format!("source {}", self.id),
+        }
+    }
+
+    fn describe(&self, e: &LinkError, key: &str) -> String {
+        let what = format!("site broker {} (source {})", self.url, self.id);
+        if let Some(why) = crate::tls::explain(e, key) {
+            return format!("{what}: {why}");
+        }
+        match e {
+            LinkError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                format!("{what}: connection refused; is the broker running and listening there?")
+            }
+            LinkError::Refused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+                _,
+            ) => {
+                format!("{what}: the broker refused the connection ({code:?}); check {key}.username and {key}.password_file")
+            }
+            LinkError::Refused(..) => {
+                format!("{what}: {e}; check credentials and {key}.client_id")
+            }
+            LinkError::Subscription(..) => {
+                format!(
+                    "{what}: {e}; check {key}.topics and the broker's access rules for this client"
+                )
+            }
+            other => format!("{what}: {other}"),
+        }
+    }
+}
+
+/// Resolves when the oldest queued reading's fate is decided (None: the writer stopped).
+async fn oldest(unacked: &mut Unacked) -> Option<Appended> {
+    match unacked.front_mut() {
+        Some((rx, _)) => rx.await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// How much decoded input the source holds in memory, waiting for the window to open, before
+/// it stops reading from the broker.
+const HELD_BYTES: usize = 8 << 20;
+
+/// Messages read from the broker and not yet handed to the writer. Losing them loses nothing:
+/// the broker redelivers what we never acknowledged.
+#[derive(Default)]
+struct Received {
+    queue: VecDeque<Publish>,
+    bytes: usize,
+}
+
+impl Received {
+    fn push(&mut self, p: Publish) {
+        self.bytes += p.topic.len() + p.payload.len();
+        self.queue.push_back(p);
+    }
+
+    fn pop(&mut self) -> Option<Publish> {
+        let p = self.queue.pop_front()?;
+        self.bytes -= p.topic.len() + p.payload.len();
+        Some(p)
+    }
+}
+
+/// The window, counted from what the broker has confirmed rather than from what we wrote: a
+/// broker may read our PUBACKs long after we send them (mosquitto 2.0.11 reads one packet from
+/// us per loop and sends twenty more for each), and a PUBACK not yet read when the agent dies
+/// is lost with the connection. A PINGRESP follows everything the broker read before our
+/// PINGREQ, so a PINGREQ follows each batch of PUBACKs, and we store at most `window`
+/// messages beyond what the broker confirmed: that bounds what a crash can make the broker
+/// redeliver although it was already stored.
+#[derive(Default)]
+struct Flow {
+    /// QoS 1 messages handed to the writer.
+    stored: u64,
+    /// PUBACKs written.
+    acked: u64,
+    /// PUBACKs the broker has read (confirmed by a PINGRESP).
+    confirmed: u64,
+    /// `acked` when each PINGREQ still unanswered was sent, oldest first.
+    marks: VecDeque<u64>,
+}
+
+impl Flow {
+    /// Whether one more QoS 1 message may be stored.
+    fn room(&self, window: u64) -> bool {
+        self.stored - self.confirmed < window
+    }
+
+    /// `n` more PUBACKs are queued on `link`: a PINGREQ follows them.
+    fn acked(&mut self, n: u64, link: &mut Link) -> Result<(), LinkError> {
+        self.acked += n;
+        if n > 0 {
+            self.ping(link)?;
+        }
+        Ok(())
+    }
+
+    /// Queues a PINGREQ that will confirm every PUBACK queued before it.
+    fn ping(&mut self, link: &mut Link) -> Result<(), LinkError> {
+        self.marks.push_back(self.acked);
+        link.ping()
+    }
+
+    /// A PINGRESP came: the PUBACKs before its PINGREQ are confirmed.
+    fn pong(&mut self) {
+        if let Some(mark) = self.marks.pop_front() {
+            self.confirmed = mark;
+        }
+    }
+}
+
+/// Why a session ended.
+enum Exit {
+    Shutdown,
+    Refused,
+}
