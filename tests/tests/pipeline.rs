@@ -586,3 +586,35 @@ fn a_site_broker_that_goes_down_is_retried_and_readings_flow_again_when_it_retur
     );
     Ok(())
 }
+
+/// The README's first command: the demo runs the real pipeline (a serial scanner on a pty, an
+/// MQTT scanner on the embedded broker's MQTT 5 listener) and central receives events from
+/// both stations.
+#[test]
+fn the_demo_delivers_events_from_its_serial_and_its_mqtt_scanner() -> Result<()> {
+    let (code, out, err) = edge_tests::run_cli(&["demo", "--for", "10s"], &[])?;
+    ensure!(code == 0, "demo exited {code}:\n{out}{err}");
+    let summary = out
+        .lines()
+        .chain(err.lines())
+        .find(|l| l.contains("central received"))
+        .ok_or_else(|| anyhow::anyhow!("no summary line:\n{out}{err}"))?;
+    let count = |kind: &str| -> u64 {
+        summary
+            .split(&format!("{kind} "))
+            .nth(1)
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    // pack-01 (packing) is the serial scanner, recv-01 (receiving) the MQTT one.
+    ensure!(
+        count("shipment.scan") > 0 && count("inventory.scan") > 0,
+        "events from both scanners expected: {summary}"
+    );
+    Ok(())
+}

@@ -49,11 +49,13 @@ pub async fn run(dir: &Path, duration: Option<Duration>) -> anyhow::Result<Strin
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal_or_timeout(duration, stop.clone()));
 
-    let port = broker::start()?;
+    let ports = broker::start()?;
+    let port = ports.v4;
     let url = format!("mqtt://127.0.0.1:{port}");
+    let site_url = format!("mqtt://127.0.0.1:{}", ports.v5);
     let central = Central::subscribe(port, &format!("edge/{SITE}/events/#")).await?;
     let (pty, tty) = devices::scanner_pty()?;
-    let config = demo_config(dir, &url, &tty)?;
+    let config = demo_config(dir, &url, &site_url, &tty)?;
     let socket = config.control.resolved_socket();
     eprintln!(
         "edge-agent demo: embedded broker at {url}, simulated serial scanner on {}, buffer in {}; Ctrl-C stops",
@@ -133,7 +135,7 @@ async fn stop_on_signal_or_timeout(duration: Option<Duration>, stop: Cancellatio
 }
 
 /// The demo configuration, validated like a real file.
-fn demo_config(dir: &Path, url: &str, tty: &Path) -> anyhow::Result<Config> {
+fn demo_config(dir: &Path, url: &str, site_url: &str, tty: &Path) -> anyhow::Result<Config> {
     // A JSON string literal is a valid TOML basic string: this quotes paths safely.
     let quote = |p: &Path| Value::String(p.to_string_lossy().into_owned()).to_string();
     let text = format!(
@@ -167,7 +169,7 @@ station = "pack-01"
 
 [[sources.mqtt]]
 id = "scanner-recv-01"
-url = "{url}"
+url = "{site_url}"
 topics = ["{topic}"]
 decoder = "barcode"
 station = "recv-01"

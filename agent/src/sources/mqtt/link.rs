@@ -18,10 +18,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode,
-    Filter, Login, Packet, PingReq, PubAck, Subscribe, SubscribeReasonCode,
+    check, ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
+    DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
 use rustls::pki_types::ServerName;
@@ -219,10 +219,8 @@ impl Link {
     /// subscription and a DISCONNECT from the broker are errors.
     pub fn try_next(&mut self) -> Result<Option<Packet>, LinkError> {
         loop {
-            let packet = match Packet::read(&mut self.input, Some(self.max_packet)) {
-                Ok(p) => p,
-                Err(CodecError::InsufficientBytes(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
+            let Some(packet) = self.read_packet()? else {
+                return Ok(None);
             };
             match &packet {
                 Packet::PingResp(_) => {
@@ -237,6 +235,23 @@ impl Link {
                 _ => return Ok(Some(packet)),
             }
         }
+    }
+
+    fn read_packet(&mut self) -> Result<Option<Packet>, LinkError> {
+        let header = match check(self.input.iter(), Some(self.max_packet)) {
+            Ok(h) => h,
+            Err(CodecError::InsufficientBytes(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // A DISCONNECT with nothing after its fixed header is a normal disconnection in MQTT 5;
+        // the codec wants a reason code.
+        if self.input.first() == Some(&0xE0) && header.frame_length() == 2 {
+            self.input.advance(2);
+            return Ok(Some(Packet::Disconnect(Disconnect::new(
+                DisconnectReasonCode::NormalDisconnection,
+            ))));
+        }
+        Ok(Some(Packet::read(&mut self.input, Some(self.max_packet))?))
     }
 
     fn check_suback(&mut self, pkid: u16, codes: &[SubscribeReasonCode]) -> Result<(), LinkError> {
@@ -323,5 +338,301 @@ impl Link {
     async fn send(&mut self, packet: Packet) -> Result<(), LinkError> {
         packet.write(&mut self.output, None)?;
         self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The link against a scripted peer on a loopback socket: each test plays the broker's
+    //! side of one exchange, byte-exact through the same codec.
+    use super::*;
+    use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, PingResp, SubAck};
+    use tokio::net::TcpListener;
+
+    fn settings(port: u16) -> Settings {
+        Settings {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+            client_id: "edge-agent-test".into(),
+            login: Some(("edge".into(), "secret".into())),
+            keep_alive: Duration::from_secs(30),
+            session_expiry: Duration::from_secs(7 * 24 * 3600),
+            receive_maximum: 25,
+            max_packet: 4096,
+        }
+    }
+
+    fn connack(code: ConnectReturnCode, keep_alive: Option<u16>, reason: Option<&str>) -> Packet {
+        Packet::ConnAck(ConnAck {
+            session_present: true,
+            code,
+            properties: Some(ConnAckProperties {
+                session_expiry_interval: None,
+                receive_max: None,
+                max_qos: None,
+                retain_available: None,
+                max_packet_size: None,
+                assigned_client_identifier: None,
+                topic_alias_max: None,
+                reason_string: reason.map(String::from),
+                user_properties: Vec::new(),
+                wildcard_subscription_available: None,
+                subscription_identifiers_available: None,
+                shared_subscription_available: None,
+                server_keep_alive: keep_alive,
+                response_information: None,
+                server_reference: None,
+                authentication_method: None,
+                authentication_data: None,
+            }),
+        })
+    }
+
+    /// The broker's side of one connection.
+    struct Peer {
+        stream: TcpStream,
+        input: BytesMut,
+    }
+
+    impl Peer {
+        async fn next(&mut self) -> Packet {
+            loop {
+                match Packet::read(&mut self.input, None) {
+                    Ok(p) => return p,
+                    Err(CodecError::InsufficientBytes(_)) => {
+                        let n = self.stream.read_buf(&mut self.input).await.unwrap();
+                        assert!(n > 0, "the link closed the connection");
+                    }
+                    Err(e) => panic!("the link sent something undecodable: {e}"),
+                }
+            }
+        }
+
+        async fn send(&mut self, p: Packet) {
+            let mut out = BytesMut::new();
+            p.write(&mut out, None).unwrap();
+            self.stream.write_all(&out).await.unwrap();
+        }
+    }
+
+    /// Runs `broker` as the peer of a link connecting with `s`.
+    async fn with_peer<F, Fut>(mut s: Settings, broker: F) -> Result<(Link, ConnAck), LinkError>
+    where
+        F: FnOnce(Peer) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        s.port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            broker(Peer {
+                stream,
+                input: BytesMut::new(),
+            })
+            .await
+        });
+        Link::connect(&s).await
+    }
+
+    #[tokio::test]
+    async fn connect_keeps_the_session_announces_the_window_and_takes_the_brokers_keep_alive() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (link, ack) = with_peer(settings(0), |mut peer| async move {
+            let first = peer.next().await;
+            peer.send(connack(ConnectReturnCode::Success, Some(7), None))
+                .await;
+            let _ = tx.send(first);
+        })
+        .await
+        .unwrap();
+        assert!(ack.session_present);
+        assert_eq!(link.keep_alive_every, Duration::from_secs(7));
+        let Packet::Connect(connect, will, login) = rx.await.unwrap() else {
+            panic!("the first packet was not CONNECT");
+        };
+        assert!(!connect.clean_start, "the session must survive restarts");
+        assert_eq!(connect.client_id, "edge-agent-test");
+        assert_eq!(connect.keep_alive, 30);
+        let props = connect.properties.unwrap();
+        assert_eq!(props.receive_maximum, Some(25));
+        assert_eq!(props.session_expiry_interval, Some(7 * 24 * 3600));
+        assert_eq!(props.max_packet_size, Some(4096));
+        assert!(will.is_none());
+        let login = login.unwrap();
+        assert_eq!(
+            (login.username.as_str(), login.password.as_str()),
+            ("edge", "secret")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_carries_the_code_and_the_brokers_reason() {
+        let r = with_peer(settings(0), |mut peer| async move {
+            peer.next().await;
+            peer.send(connack(
+                ConnectReturnCode::NotAuthorized,
+                None,
+                Some("client id not allowed"),
+            ))
+            .await;
+        })
+        .await;
+        let Err(e) = r else { panic!("accepted") };
+        assert!(matches!(
+            &e,
+            LinkError::Refused(ConnectReturnCode::NotAuthorized, Some(r)) if r == "client id not allowed"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "the broker refused the connection (NotAuthorized): client id not allowed"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_subscription_names_its_topic() {
+        let (mut link, _) = with_peer(settings(0), |mut peer| async move {
+            peer.next().await;
+            peer.send(connack(ConnectReturnCode::Success, None, None))
+                .await;
+            let Packet::Subscribe(sub) = peer.next().await else {
+                panic!("expected SUBSCRIBE")
+            };
+            let paths: Vec<&str> = sub.filters.iter().map(|f| f.path.as_str()).collect();
+            assert_eq!(paths, ["site/scan", "site/secret/#"]);
+            assert!(sub.filters.iter().all(|f| f.qos == QoS::AtLeastOnce));
+            peer.send(Packet::SubAck(SubAck {
+                pkid: sub.pkid,
+                return_codes: vec![
+                    SubscribeReasonCode::Success(QoS::AtLeastOnce),
+                    SubscribeReasonCode::NotAuthorized,
+                ],
+                properties: None,
+            }))
+            .await;
+        })
+        .await
+        .unwrap();
+        link.subscribe(&["site/scan".into(), "site/secret/#".into()])
+            .await
+            .unwrap();
+        let e = loop {
+            match link.try_next() {
+                Ok(None) => link.fill().await.unwrap(),
+                Ok(Some(p)) => panic!("unexpected {p:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(&e, LinkError::Subscription(t, SubscribeReasonCode::NotAuthorized) if t == "site/secret/#"),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_from_the_broker_ends_the_link_with_its_reason() {
+        let (mut link, _) = with_peer(settings(0), |mut peer| async move {
+            peer.next().await;
+            peer.send(connack(ConnectReturnCode::Success, None, None))
+                .await;
+            // Reason 0x8B (server shutting down), no properties: written by hand, the codec
+            // drops a reason code that has no properties.
+            peer.stream
+                .write_all(&[0xE0, 0x02, 0x8B, 0x00])
+                .await
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        let e = loop {
+            match link.try_next() {
+                Ok(None) => link.fill().await.unwrap(),
+                Ok(Some(p)) => panic!("unexpected {p:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                e,
+                LinkError::Disconnected(DisconnectReasonCode::ServerShuttingDown, None)
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bare_disconnect_is_a_normal_disconnection() {
+        let (mut link, _) = with_peer(settings(0), |mut peer| async move {
+            peer.next().await;
+            peer.send(connack(ConnectReturnCode::Success, None, None))
+                .await;
+            peer.stream.write_all(&[0xE0, 0x00]).await.unwrap();
+        })
+        .await
+        .unwrap();
+        let e = loop {
+            match link.try_next() {
+                Ok(None) => link.fill().await.unwrap(),
+                Ok(Some(p)) => panic!("unexpected {p:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                e,
+                LinkError::Disconnected(DisconnectReasonCode::NormalDisconnection, None)
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pings_are_answered_in_order_and_an_unanswered_one_times_out() {
+        let (answer_tx, mut answer_rx) = tokio::sync::mpsc::channel::<()>(4);
+        let mut s = settings(0);
+        s.keep_alive = Duration::from_millis(300);
+        let (mut link, _) = with_peer(s, |mut peer| async move {
+            peer.next().await;
+            peer.send(connack(ConnectReturnCode::Success, None, None))
+                .await;
+            // Answers the first PINGREQ only: then goes silent.
+            assert!(matches!(peer.next().await, Packet::PingReq(_)));
+            peer.send(Packet::PingResp(PingResp)).await;
+            while answer_rx.recv().await.is_some() {}
+        })
+        .await
+        .unwrap();
+        assert!(
+            link.keep_alive().unwrap(),
+            "nothing outstanding: a PINGREQ is due"
+        );
+        link.ping().unwrap();
+        link.flush().await.unwrap();
+        assert!(!link.keep_alive().unwrap(), "one is on its way");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match link.try_next().unwrap() {
+                Some(Packet::PingResp(_)) => break,
+                Some(p) => panic!("unexpected {p:?}"),
+                None => tokio::time::timeout_at(deadline, link.fill())
+                    .await
+                    .expect("no PINGRESP")
+                    .unwrap(),
+            }
+        }
+        assert!(link.keep_alive().unwrap(), "answered: the next one is due");
+        link.ping().unwrap();
+        link.flush().await.unwrap();
+        let e = loop {
+            match link.keep_alive() {
+                Ok(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Ok(_) => panic!("an unanswered PINGREQ never timed out"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(e.to_string(), "no PINGRESP within 300ms");
+        drop(answer_tx);
     }
 }

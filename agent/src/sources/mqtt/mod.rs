@@ -172,7 +172,12 @@ impl MqttSource {
                 // Cancel-safe: awaiting `&mut Receiver` leaves it in place if not ready.
                 outcome = oldest(&mut unacked), if !unacked.is_empty() => {
                     let (acked, refused) = self.ack_committed(&mut link, &mut unacked, outcome)?;
-                    flow.acked(acked, &mut link)?;
+                    if acked > 0 {
+                        flow.acked(acked);
+                        // Confirms them once the broker answers.
+                        flow.pinged();
+                        link.ping()?;
+                    }
                     link.flush().await?;
                     if refused {
                         break Exit::Refused;
@@ -183,7 +188,8 @@ impl MqttSource {
                 // Cancel-safe: an interval tick that loses the race is taken next time.
                 _ = keep_alive.tick() => {
                     if link.keep_alive()? {
-                        flow.ping(&mut link)?;
+                        flow.pinged();
+                        link.ping()?;
                         link.flush().await?;
                     }
                 }
@@ -313,7 +319,9 @@ async fn oldest(unacked: &mut Unacked) -> Option<Appended> {
 }
 
 /// How much decoded input the source holds in memory, waiting for the window to open, before
-/// it stops reading from the broker.
+/// it stops reading from the broker. Only a broker that floods past Receive Maximum fills it;
+/// if a PINGRESP is then stuck behind more than this, the keep-alive times out and the session
+/// starts over (the broker redelivers; nothing is lost).
 const HELD_BYTES: usize = 8 << 20;
 
 /// Messages read from the broker and not yet handed to the writer. Losing them loses nothing:
@@ -362,19 +370,14 @@ impl Flow {
         self.stored - self.confirmed < window
     }
 
-    /// `n` more PUBACKs are queued on `link`: a PINGREQ follows them.
-    fn acked(&mut self, n: u64, link: &mut Link) -> Result<(), LinkError> {
+    /// `n` more PUBACKs are queued.
+    fn acked(&mut self, n: u64) {
         self.acked += n;
-        if n > 0 {
-            self.ping(link)?;
-        }
-        Ok(())
     }
 
-    /// Queues a PINGREQ that will confirm every PUBACK queued before it.
-    fn ping(&mut self, link: &mut Link) -> Result<(), LinkError> {
+    /// A PINGREQ is queued after every PUBACK so far: its PINGRESP confirms them.
+    fn pinged(&mut self) {
         self.marks.push_back(self.acked);
-        link.ping()
     }
 
     /// A PINGRESP came: the PUBACKs before its PINGREQ are confirmed.
@@ -389,4 +392,53 @@ impl Flow {
 enum Exit {
     Shutdown,
     Refused,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Flow;
+
+    #[test]
+    fn the_window_opens_on_what_the_broker_confirmed_not_on_what_was_written() {
+        let mut flow = Flow::default();
+        for _ in 0..10 {
+            assert!(flow.room(10));
+            flow.stored += 1;
+        }
+        assert!(!flow.room(10), "ten stored, none confirmed");
+        flow.acked(6);
+        flow.pinged();
+        assert!(
+            !flow.room(10),
+            "PUBACKs written but not yet read by the broker"
+        );
+        flow.acked(4);
+        flow.pinged();
+        flow.pong();
+        assert_eq!(flow.stored - flow.confirmed, 4);
+        assert!(flow.room(10));
+        flow.pong();
+        assert_eq!(
+            flow.confirmed, 10,
+            "the second PINGRESP confirms the second batch"
+        );
+        flow.pong();
+        assert_eq!(
+            flow.confirmed, 10,
+            "a PINGRESP nobody asked for confirms nothing more"
+        );
+    }
+
+    #[test]
+    fn a_keep_alive_ping_confirms_what_was_acknowledged_before_it() {
+        let mut flow = Flow {
+            stored: 3,
+            ..Flow::default()
+        };
+        flow.acked(3);
+        flow.pinged(); // keep-alive, with PUBACKs already out
+        flow.pong();
+        assert_eq!(flow.confirmed, 3);
+        assert!(flow.room(1));
+    }
 }
