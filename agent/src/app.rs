@@ -6,12 +6,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::buffer::{spawn_writer, Capacity, Store};
+use crate::buffer::{spawn_writer, Capacity, Store, WriterHandle};
 use crate::config::Config;
 use crate::control::socket;
+use crate::remote;
 use crate::sources::{build_all, SourceContext};
 use crate::status::StatusBoard;
-use crate::upstream::{Upstream, DRAIN_DEADLINE};
+use crate::upstream::{Limits, Upstream, DRAIN_DEADLINE};
 
 /// Sources get this long to stop after the shutdown signal.
 const SOURCES_DEADLINE: Duration = Duration::from_secs(3);
@@ -31,11 +32,61 @@ pub enum StartError {
     },
 }
 
-/// Runs the agent until `shutdown` is cancelled; returns after an orderly stop.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
-    let config = Arc::new(config);
+/// The sources of one configuration, running.
+struct SourceSet {
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl SourceSet {
+    fn start(
+        config: Arc<Config>,
+        writer: &WriterHandle,
+        status: &Arc<StatusBoard>,
+        shutdown: &CancellationToken,
+    ) -> SourceSet {
+        let set = SourceSet {
+            stop: shutdown.child_token(),
+            tasks: TaskTracker::new(),
+        };
+        let ctx = SourceContext {
+            config,
+            correlator: Default::default(),
+            writer: writer.clone(),
+            status: status.clone(),
+            shutdown: set.stop.clone(),
+        };
+        for (id, task) in build_all(&ctx) {
+            tracing::debug!("starting source {id}");
+            set.tasks.spawn(task);
+        }
+        set.tasks.close();
+        set
+    }
+
+    /// Stops them: each commits what it read and acknowledges it first.
+    async fn stop(self) {
+        self.stop.cancel();
+        if tokio::time::timeout(SOURCES_DEADLINE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sources did not stop within {SOURCES_DEADLINE:?}");
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` is cancelled; returns after an orderly stop. `file` is the
+/// configuration file's; a pushed configuration (see `remote`) may replace its operational
+/// sections.
+pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    let file = Arc::new(file);
+    let path = file.storage.resolved_path();
+    let state_path = remote::state_path(&path);
+    let start = remote::startup(&file, &state_path);
+    let config = Arc::new(start.config);
     let status = Arc::new(StatusBoard::default());
-    let path = config.storage.resolved_path();
+    status.set_config_version(start.version);
     let store = {
         let p = path.clone();
         tokio::task::spawn_blocking(move || Store::open(&p))
@@ -70,6 +121,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         source,
     })?;
     let (replay_tx, replay_rx) = tokio::sync::mpsc::channel(16);
+    let (limits_tx, limits_rx) = tokio::sync::watch::channel(Limits::of(&config));
+    let (config_set_tx, config_set_rx) = tokio::sync::mpsc::channel(4);
+    let (config_status_tx, config_status_rx) = tokio::sync::mpsc::channel(16);
+    let (switch_tx, mut switch_rx) = tokio::sync::mpsc::channel::<remote::Switch>(1);
     let control = tokio::spawn(socket::serve(
         listener,
         socket_path,
@@ -87,24 +142,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             status: status.clone(),
             shutdown: shutdown.clone(),
             replays: replay_rx,
+            limits: limits_rx,
+            config_set: config_set_tx,
+            config_status: config_status_rx,
         }
         .run(),
     );
 
-    let sources = TaskTracker::new();
-    let ctx = SourceContext {
-        config: config.clone(),
-        correlator: Default::default(),
-        writer: writer.clone(),
-        status: status.clone(),
-        shutdown: shutdown.clone(),
-    };
-    for (id, task) in build_all(&ctx) {
-        tracing::debug!("starting source {id}");
-        sources.spawn(task);
-    }
-    sources.close();
-    drop(ctx);
+    let mut sources = SourceSet::start(config.clone(), &writer, &status, &shutdown);
+    let remote = tokio::spawn(
+        remote::Manager {
+            file: file.clone(),
+            state_path,
+            state: start.state,
+            status: status.clone(),
+            switch: switch_tx,
+            inbox: config_set_rx,
+            outbox: config_status_tx,
+            shutdown: shutdown.clone(),
+        }
+        .run(start.resume),
+    );
 
     let notifier = std::sync::Arc::new(crate::systemd::Notifier::from_env());
     notifier.notify("READY=1");
@@ -115,23 +173,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         status.clone(),
         shutdown.clone(),
     ));
-    drop(writer);
     tracing::info!(
         "edge-agent running: site {}, {} sources",
         config.site.id,
         config.sources.serial.len() + config.sources.mqtt.len()
     );
 
-    shutdown.cancelled().await;
+    loop {
+        tokio::select! {
+            // Cancel-safe: a cancelled token stays cancelled.
+            _ = shutdown.cancelled() => break,
+            // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
+            Some(switch) = switch_rx.recv() => {
+                // The buffer, its backlog and the upstream connection stay as they are.
+                sources.stop().await;
+                let c = &switch.config;
+                status.reset_sources(
+                    c.sources.serial.iter().map(|s| s.id.as_str())
+                        .chain(c.sources.mqtt.iter().map(|s| s.id.as_str())),
+                );
+                limits_tx.send_replace(Limits::of(c));
+                sources = SourceSet::start(switch.config.clone(), &writer, &status, &shutdown);
+                let _ = switch.started.send(());
+            }
+        }
+    }
+    // A switch still queued is dropped: the remote task sees the agent stopping.
+    drop(switch_rx);
+    drop(writer);
     notifier.notify("STOPPING=1");
     let _ = supervisor.await;
     tracing::info!("stopping: sources first, then in-flight upstream events, then the buffer");
-    if tokio::time::timeout(SOURCES_DEADLINE, sources.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("sources did not stop within {SOURCES_DEADLINE:?}");
-    }
+    sources.stop().await;
+    let _ = remote.await;
     if tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), upstream)
         .await
         .is_err()

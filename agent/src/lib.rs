@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod normalize;
+pub mod remote;
 pub mod sources;
 pub mod status;
 pub mod systemd;

@@ -64,6 +64,45 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         storage: PathBuf,
     },
+    /// Remote configuration: keys, signing, pushing to a site.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Write a new ed25519 secret key to PATH (mode 0600) and its public key to PATH.pub.
+    Keygen {
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+    },
+    /// Print the signed document (JSON) of an operational configuration.
+    Sign {
+        #[arg(long, value_name = "PATH")]
+        key: PathBuf,
+        #[arg(long, value_name = "N")]
+        version: u64,
+        #[arg(value_name = "FILE.toml")]
+        file: PathBuf,
+    },
+    /// Publish a signed document retained (QoS 1) to {prefix}/{site}/config/set.
+    Push {
+        #[arg(long, value_name = "mqtt://HOST:PORT")]
+        url: String,
+        #[arg(long, value_name = "P", default_value = "edge")]
+        topic_prefix: String,
+        #[arg(long, value_name = "ID")]
+        site: String,
+        /// For mqtts://: the CA that signed the broker's certificate.
+        #[arg(long, value_name = "PATH")]
+        ca_file: Option<PathBuf>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+        #[arg(value_name = "SIGNED.json")]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +148,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Demo { duration } => edge_agent::demo::run(duration),
+        Command::Config(c) => config_command(c),
         Command::Inspect { storage } => match edge_agent::control::inspect(&storage) {
             Ok(text) => {
                 print!("{text}");
@@ -119,6 +159,57 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn config_command(c: ConfigCommand) -> ExitCode {
+    use edge_agent::remote;
+    let outcome = match c {
+        ConfigCommand::Keygen { out } => remote::keygen(&out).map(|public| {
+            format!(
+                "secret key in {} (keep it off the sites); add the public key to control.trusted_keys:\n{public}",
+                out.display()
+            )
+        }),
+        ConfigCommand::Sign { key, version, file } => std::fs::read_to_string(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))
+            .and_then(|text| remote::sign(&key, version, &text))
+            .and_then(|doc| serde_json::to_string(&doc).map_err(|e| e.to_string())),
+        ConfigCommand::Push {
+            url,
+            topic_prefix,
+            site,
+            ca_file,
+            username,
+            password_file,
+            file,
+        } => std::fs::read(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))
+            .and_then(|doc| {
+                let target = remote::Target {
+                    url,
+                    topic_prefix,
+                    site,
+                    ca_file,
+                    username,
+                    password_file,
+                };
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?
+                    .block_on(remote::push(&target, &doc))
+            }),
+    };
+    match outcome {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edge-agent config: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

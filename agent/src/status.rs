@@ -48,6 +48,8 @@ pub struct StatusBoard {
     samples: Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// Bumped on every change of a source's state (the status topic republishes then).
     changes: tokio::sync::watch::Sender<u64>,
+    /// The version of the pushed configuration in effect; 0: the file's.
+    config_version: AtomicU64,
 }
 
 impl Default for StatusBoard {
@@ -64,6 +66,7 @@ impl Default for StatusBoard {
             upstream_beat: AtomicU64::new(crate::time::now_ms()),
             samples: Mutex::new(std::collections::VecDeque::new()),
             changes: tokio::sync::watch::channel(0).0,
+            config_version: AtomicU64::new(0),
         }
     }
 }
@@ -104,6 +107,37 @@ impl StatusBoard {
             self.changes.send_modify(|n| *n += 1);
         }
         changed
+    }
+
+    /// A new set of sources is starting (a pushed configuration): forgets the others and
+    /// shows these as starting until they report.
+    pub fn reset_sources<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut map = lock(&self.sources);
+        map.clear();
+        for id in ids {
+            map.insert(
+                id.to_string(),
+                SourceStatus {
+                    state: SourceState::Retrying,
+                    detail: "starting".into(),
+                    last_reading_at: None,
+                    last_reading_ms: None,
+                    readings: 0,
+                },
+            );
+        }
+        drop(map);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// The pushed configuration in effect (None: the file's); status shows it.
+    pub fn set_config_version(&self, v: Option<u64>) {
+        self.config_version.store(v.unwrap_or(0), Ordering::Relaxed);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    pub fn config_version(&self) -> Option<u64> {
+        Some(self.config_version.load(Ordering::Relaxed)).filter(|v| *v > 0)
     }
 
     pub fn source_reading(&self, id: &str, at_ms: u64) {

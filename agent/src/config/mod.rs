@@ -29,6 +29,9 @@ pub struct Config {
     /// What is allowed but unwise (a private key readable by others, ...), each naming its key:
     /// `check-config` prints them, `run` logs them once at start.
     pub warnings: Vec<Problem>,
+    /// The document this was built from (file and environment overrides): a pushed
+    /// configuration replaces its operational sections (see `remote`).
+    pub tree: serde_json::Value,
 }
 
 /// `[site]`: who this agent is.
@@ -719,8 +722,18 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, Problems> {
     from_value(layered)
 }
 
+/// The document tree of TOML text alone (no environment overrides): a pushed configuration.
+pub fn toml_tree(text: &str, origin: &str) -> Result<serde_json::Value, String> {
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(|c| c.try_deserialize::<serde_json::Value>())
+        .map_err(|e| format!("{origin}: {e}"))
+}
+
 /// Builds and validates a configuration from its document tree.
 pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
+    let tree = doc.clone();
     let mut c = Collector::default();
     let serde_json::Value::Object(mut top) = doc else {
         return Err(Problems(vec![Problem {
@@ -795,6 +808,7 @@ pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
                 sources,
                 control,
                 warnings: Vec::new(),
+                tree,
             };
             let mut warnings = Collector::default();
             validate(&config, &mut c, &mut warnings);
@@ -1129,7 +1143,7 @@ fn validate(cfg: &Config, c: &mut Collector, w: &mut Collector) {
         }
     }
     for (i, k) in cfg.control.trusted_keys.iter().enumerate() {
-        if !k.starts_with("ed25519:") {
+        if !crate::remote::valid_public_key(k.trim()) {
             c.push(
                 format!("control.trusted_keys[{i}]"),
                 "must be \"ed25519:BASE64\" as written by `edge-agent config keygen`",

@@ -13,7 +13,7 @@ use crate::status::StatusBoard;
 use crate::time::now_ms;
 
 /// The status document (CONTRACT section 8), extended with details for operators.
-pub fn status_json(stats: &BufferStats, board: &StatusBoard, config_version: Option<u64>) -> Value {
+pub fn status_json(stats: &BufferStats, board: &StatusBoard) -> Value {
     let oldest_pending_s = stats
         .oldest_pending_ms
         .map(|t| now_ms().saturating_sub(t) as f64 / 1000.0)
@@ -32,7 +32,7 @@ pub fn status_json(stats: &BufferStats, board: &StatusBoard, config_version: Opt
         "eta_s": eta_s,
         "oldest_pending_s": (oldest_pending_s * 10.0).round() / 10.0,
         "dropped": stats.dropped,
-        "config_version": config_version,
+        "config_version": board.config_version(),
         "sources": sources,
         "upstream": board.upstream(),
         "storage": {

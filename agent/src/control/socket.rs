@@ -103,7 +103,7 @@ async fn answer(
         Some("status") => {
             let s = store.clone();
             match tokio::task::spawn_blocking(move || s.stats()).await {
-                Ok(Ok(stats)) => super::status_json(&stats, board, None),
+                Ok(Ok(stats)) => super::status_json(&stats, board),
                 Ok(Err(e)) => json!({"error": e.to_string()}),
                 Err(e) => json!({"error": e.to_string()}),
             }

@@ -21,7 +21,7 @@ use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
     Outgoing, Packet, QoS,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -47,7 +47,33 @@ pub struct Upstream {
     pub shutdown: CancellationToken,
     /// Replay requests from the control socket.
     pub replays: mpsc::Receiver<ReplayRequest>,
+    /// `max_inflight` and `replay_rate`, which a pushed configuration may change.
+    pub limits: watch::Receiver<Limits>,
+    /// Documents published to `{prefix}/{site}/config/set`, for the remote configuration task.
+    pub config_set: mpsc::Sender<Vec<u8>>,
+    /// Its outcomes, to publish retained to `{prefix}/{site}/config/status`.
+    pub config_status: mpsc::Receiver<Vec<u8>>,
 }
+
+/// The upstream settings a pushed configuration may change while running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_inflight: u16,
+    pub replay_rate: u32,
+}
+
+impl Limits {
+    pub fn of(config: &Config) -> Limits {
+        Limits {
+            max_inflight: config.upstream.max_inflight,
+            replay_rate: config.upstream.replay_rate,
+        }
+    }
+}
+
+/// The client's own in-flight table is sized at connect for at least this many publishes, so
+/// that a pushed `max_inflight` up to it applies without reconnecting.
+const CLIENT_INFLIGHT: u16 = 1024;
 
 enum Ended {
     Shutdown,
@@ -65,6 +91,8 @@ struct Conn {
     cursor: u64,
     /// The last fetch found nothing more; wait for a commit.
     caught_up: bool,
+    /// The most publishes the client takes in flight on this connection.
+    client_inflight: usize,
 }
 
 impl Conn {
@@ -111,6 +139,19 @@ impl Upstream {
         )
     }
 
+    fn client_inflight(&self) -> u16 {
+        self.limits.borrow().max_inflight.max(CLIENT_INFLIGHT)
+    }
+
+    /// The upstream window now: `max_inflight`, within what this connection's client takes.
+    fn window(&self, conn: &Conn) -> usize {
+        usize::from(self.limits.borrow().max_inflight).min(conn.client_inflight)
+    }
+
+    fn config_topic(&self, what: &str) -> String {
+        format!("{}/config/{what}", self.topic_prefix())
+    }
+
     /// Client options, with TLS settings and credentials read from their files now: a rotated
     /// certificate or password is picked up at the next connection.
     fn options(&self) -> Result<MqttOptions, String> {
@@ -129,7 +170,7 @@ impl Upstream {
         o.set_keep_alive(up.keep_alive.0);
         // We track delivery ourselves and resend from the buffer on every connection.
         o.set_clean_session(true);
-        o.set_inflight(up.max_inflight.saturating_add(4));
+        o.set_inflight(self.client_inflight().saturating_add(4));
         o.set_max_packet_size(1 << 20, 16 << 20);
         o.set_last_will(LastWill::new(
             format!("{}/status", self.topic_prefix()),
@@ -144,7 +185,7 @@ impl Upstream {
     pub async fn run(mut self) {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         let mut last_why = String::new();
-        let mut bucket = TokenBucket::new(self.config.upstream.replay_rate);
+        let mut bucket = TokenBucket::new(self.limits.borrow_and_update().replay_rate);
         let mut jobs = VecDeque::new();
         loop {
             let ended = match self.options() {
@@ -186,7 +227,7 @@ impl Upstream {
         bucket: &mut TokenBucket,
         jobs: &mut VecDeque<ReplayJob>,
     ) -> Ended {
-        let cap = usize::from(self.config.upstream.max_inflight) + 64;
+        let cap = usize::from(self.client_inflight()) + 64;
         let (client, eventloop) = AsyncClient::new(opts, cap);
         let (ev_tx, mut events) = mpsc::channel(1024);
         let poller = tokio::spawn(poll(eventloop, ev_tx));
@@ -196,6 +237,7 @@ impl Upstream {
             inflight: HashMap::new(),
             cursor: 0,
             caught_up: false,
+            client_inflight: usize::from(self.client_inflight()),
         };
         let mut committed = self.writer.committed();
         let mut status_changes = self.status.changes();
@@ -204,6 +246,9 @@ impl Upstream {
         let mut beat = tokio::time::interval(HEARTBEAT);
         let ended = loop {
             self.status.upstream_beat();
+            if self.limits.has_changed().unwrap_or(false) {
+                bucket.set_rate(self.limits.borrow_and_update().replay_rate);
+            }
             let wait_tokens = bucket.wait();
             tokio::select! {
                 // Cancel-safe: a cancelled token stays cancelled.
@@ -217,6 +262,7 @@ impl Upstream {
                         if let Some(req) = self.replay_command(&ev) {
                             self.start_replay(req, jobs);
                         }
+                        self.forward_config(&ev);
                         if let Some(why) = self.on_event(ev, &mut conn, backoff, &client).await {
                             break Ended::Dropped(why);
                         }
@@ -237,6 +283,13 @@ impl Upstream {
                 _ = beat.tick() => {}
                 // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
                 Some(req) = self.replays.recv() => self.start_replay(req, jobs),
+                // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped. Waits in the
+                // channel while disconnected.
+                Some(body) = self.config_status.recv(), if conn.connected => {
+                    if client.try_publish(self.config_topic("status"), QoS::AtLeastOnce, true, body).is_ok() {
+                        conn.awaiting.push_back(Sent::Status);
+                    }
+                }
                 // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
                 r = status_changes.changed(), if conn.connected => {
                     if r.is_ok() { self.publish_status(&client, &mut conn).await; }
@@ -279,8 +332,10 @@ impl Upstream {
                 tracing::info!("connected to upstream broker {}", self.config.upstream.url);
                 self.status
                     .set_upstream(true, format!("connected to {}", self.config.upstream.url));
-                if let Err(e) = client.try_subscribe(self.replay_topic(), QoS::AtLeastOnce) {
-                    tracing::warn!("subscribing to {}: {e}", self.replay_topic());
+                for topic in [self.replay_topic(), self.config_topic("set")] {
+                    if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                        tracing::warn!("subscribing to {topic}: {e}");
+                    }
                 }
                 self.publish_status(client, conn).await;
             }
@@ -310,7 +365,7 @@ impl Upstream {
         bucket: &mut TokenBucket,
         committed: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Result<(), String> {
-        let max = usize::from(self.config.upstream.max_inflight);
+        let max = self.window(conn);
         let room = max.saturating_sub(conn.events_in_flight());
         let allowed = bucket.take(room);
         if allowed == 0 {
@@ -381,6 +436,22 @@ impl Upstream {
         }
     }
 
+    /// Hands a document published to `{prefix}/{site}/config/set` to the remote configuration
+    /// task (the newest wins if it is still busy with one).
+    fn forward_config(&self, ev: &Event) {
+        let Event::Incoming(Packet::Publish(p)) = ev else {
+            return;
+        };
+        if p.topic == self.config_topic("set")
+            && self.config_set.try_send(p.payload.to_vec()).is_err()
+        {
+            tracing::warn!(
+                "{}: a configuration document arrived while several wait; it is dropped (the retained one comes again at the next connection)",
+                self.config_topic("set")
+            );
+        }
+    }
+
     fn start_replay(&self, req: ReplayRequest, jobs: &mut VecDeque<ReplayJob>) {
         tracing::info!(
             "replaying delivered events observed from {} to {}",
@@ -405,7 +476,7 @@ impl Upstream {
         let Some(job) = jobs.front_mut() else {
             return Ok(());
         };
-        let max = usize::from(self.config.upstream.max_inflight);
+        let max = self.window(conn);
         let room = max.saturating_sub(conn.events_in_flight());
         let allowed = bucket.take(room);
         if allowed == 0 {
@@ -448,7 +519,7 @@ impl Upstream {
         let store = self.store.clone();
         let stats = tokio::task::spawn_blocking(move || store.stats()).await;
         let Ok(Ok(stats)) = stats else { return };
-        let body = status_json(&stats, &self.status, None);
+        let body = status_json(&stats, &self.status);
         let topic = format!("{}/status", self.topic_prefix());
         if client
             .try_publish(topic, QoS::AtLeastOnce, true, body.to_string())

@@ -22,6 +22,16 @@ impl TokenBucket {
         }
     }
 
+    /// A new rate (a pushed `upstream.replay_rate`), from now on.
+    pub fn set_rate(&mut self, rate: u32) {
+        self.refill();
+        *self = TokenBucket {
+            tokens: self.tokens,
+            ..TokenBucket::new(rate)
+        };
+        self.tokens = self.tokens.min(self.capacity);
+    }
+
     fn refill(&mut self) {
         let now = Instant::now();
         let dt = now.duration_since(self.last).as_secs_f64();

@@ -1,0 +1,267 @@
+//! The remote configuration task: takes documents from `{prefix}/{site}/config/set` one at a
+//! time, checks them, has the agent switch to the configuration they make, confirms that every
+//! source opens, and rolls back to the last known good one otherwise. Each outcome goes to
+//! `{prefix}/{site}/config/status` (retained) and to the log.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::state::{self, Fate, Last, State};
+use super::{merge, SignedDoc};
+use crate::config::Config;
+use crate::status::{SourceState, StatusBoard};
+
+/// A request to the agent: run these sources from now on; `started` fires once they are
+/// starting (the previous ones stopped, their readings committed).
+pub struct Switch {
+    pub config: Arc<Config>,
+    pub started: oneshot::Sender<()>,
+}
+
+/// How often confirmation looks at the sources.
+const CONFIRM_POLL: Duration = Duration::from_millis(100);
+
+pub struct Manager {
+    /// The file's configuration: what a document's sections replace, and the trusted keys.
+    pub file: Arc<Config>,
+    pub state_path: PathBuf,
+    pub state: State,
+    pub status: Arc<StatusBoard>,
+    pub switch: mpsc::Sender<Switch>,
+    pub inbox: mpsc::Receiver<Vec<u8>>,
+    pub outbox: mpsc::Sender<Vec<u8>>,
+    pub shutdown: CancellationToken,
+}
+
+/// What the agent starts with.
+pub struct Start {
+    /// The file's configuration with the last good pushed document over it, if that still
+    /// verifies and validates.
+    pub config: Config,
+    /// The version of that document (None: the file's configuration as it is).
+    pub version: Option<u64>,
+    pub state: State,
+    /// A document whose confirmation a stop interrupted: confirmed again.
+    pub resume: Option<SignedDoc>,
+}
+
+pub fn startup(file: &Config, state_path: &std::path::Path) -> Start {
+    let state = state::load(state_path).unwrap_or_else(|why| {
+        tracing::warn!("pushed configuration state: {why}; starting from the file's configuration");
+        State::default()
+    });
+    let mut config = file.clone();
+    let mut version = None;
+    if let Some(good) = &state.good {
+        match good.verify(&file.control.trusted_keys).and_then(|()| merge(file, &good.toml)) {
+            Ok(c) => {
+                tracing::info!("running pushed configuration version {}", good.version);
+                config = c;
+                version = Some(good.version);
+            }
+            Err(why) => tracing::warn!(
+                "pushed configuration version {} no longer applies ({why}); running the file's configuration",
+                good.version
+            ),
+        }
+    }
+    let resume = state
+        .last
+        .as_ref()
+        .filter(|l| l.fate == Fate::Confirming)
+        .map(|l| l.doc.clone());
+    Start {
+        config,
+        version,
+        state,
+        resume,
+    }
+}
+
+enum Confirmed {
+    Yes,
+    No(String),
+    Stopping,
+}
+
+impl Manager {
+    pub async fn run(mut self, resume: Option<SignedDoc>) {
+        if let Some(doc) = resume {
+            match merge(&self.file, &doc.toml) {
+                Ok(config) => self.apply(doc, config).await,
+                Err(why) => self.reject(doc, why),
+            }
+        }
+        loop {
+            tokio::select! {
+                // Cancel-safe: a cancelled token stays cancelled.
+                _ = self.shutdown.cancelled() => return,
+                // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
+                Some(bytes) = self.inbox.recv() => self.receive(&bytes).await,
+            }
+        }
+    }
+
+    async fn receive(&mut self, bytes: &[u8]) {
+        let doc = match SignedDoc::parse(bytes) {
+            Ok(d) => d,
+            Err(why) => return self.report(None, Fate::Rejected, &why),
+        };
+        // The retained document comes again at every connection.
+        let seen = self.state.last.as_ref().is_some_and(|l| l.doc == doc)
+            || self.state.good.as_ref() == Some(&doc);
+        if seen {
+            tracing::debug!("configuration version {} already handled", doc.version);
+            return;
+        }
+        // Not recorded: an unverified document must not move the version forward.
+        if let Err(why) = doc.verify(&self.file.control.trusted_keys) {
+            return self.report(Some(doc.version), Fate::Rejected, &why);
+        }
+        let current = self.state.version();
+        if doc.version <= current {
+            let why = format!(
+                "version {} is not above {current}, the last one applied or tried; sign it with a higher --version",
+                doc.version
+            );
+            return self.reject(doc, why);
+        }
+        match merge(&self.file, &doc.toml) {
+            Ok(config) => self.apply(doc, config).await,
+            Err(why) => self.reject(doc, why),
+        }
+    }
+
+    async fn apply(&mut self, doc: SignedDoc, config: Config) {
+        let version = doc.version;
+        self.record(doc.clone(), Fate::Confirming, "");
+        let config = Arc::new(config);
+        tracing::info!("applying pushed configuration version {version}");
+        if !self.switch_to(config.clone()).await {
+            return;
+        }
+        match self.confirm(&config).await {
+            Confirmed::Yes => {
+                self.status.set_config_version(Some(version));
+                self.state.good = Some(doc.clone());
+                self.record(doc, Fate::Applied, "");
+                tracing::info!("pushed configuration version {version} applied");
+                self.report(Some(version), Fate::Applied, "");
+            }
+            Confirmed::No(why) => {
+                let fallback = self.last_good();
+                if !self.switch_to(fallback).await {
+                    return;
+                }
+                let why = format!("{why}; rolled back to {}", self.good_name());
+                self.record(doc, Fate::RolledBack, &why);
+                self.report(Some(version), Fate::RolledBack, &why);
+            }
+            // Stays "confirming": confirmed again at the next start.
+            Confirmed::Stopping => {}
+        }
+    }
+
+    /// The last known good configuration: the good document over the file, or the file.
+    fn last_good(&self) -> Arc<Config> {
+        let merged = self
+            .state
+            .good
+            .as_ref()
+            .and_then(|g| merge(&self.file, &g.toml).ok());
+        Arc::new(merged.unwrap_or_else(|| (*self.file).clone()))
+    }
+
+    fn good_name(&self) -> String {
+        match &self.state.good {
+            Some(g) => format!("version {}", g.version),
+            None => "the configuration file".into(),
+        }
+    }
+
+    /// Has the agent run `config`'s sources; false if it is stopping.
+    async fn switch_to(&self, config: Arc<Config>) -> bool {
+        let (started, done) = oneshot::channel();
+        if self.switch.send(Switch { config, started }).await.is_err() {
+            return false;
+        }
+        done.await.is_ok()
+    }
+
+    /// Waits until every source of `config` is open, up to `control.confirm_timeout`.
+    async fn confirm(&self, config: &Config) -> Confirmed {
+        let timeout = self.file.control.confirm_timeout.0;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let ids: Vec<&str> = config
+            .sources
+            .serial
+            .iter()
+            .map(|s| s.id.as_str())
+            .chain(config.sources.mqtt.iter().map(|s| s.id.as_str()))
+            .collect();
+        loop {
+            let sources = self.status.sources();
+            let closed: Vec<String> = ids
+                .iter()
+                .filter_map(|id| match sources.get(*id) {
+                    Some(s) if s.state == SourceState::Open => None,
+                    Some(s) => Some(format!("{id} ({})", s.detail)),
+                    None => Some(format!("{id} (not started)")),
+                })
+                .collect();
+            if closed.is_empty() {
+                return Confirmed::Yes;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Confirmed::No(format!(
+                    "not open within {} (control.confirm_timeout): {}",
+                    humantime::format_duration(timeout),
+                    closed.join("; ")
+                ));
+            }
+            tokio::select! {
+                // Cancel-safe: sleeping holds no state.
+                _ = tokio::time::sleep(CONFIRM_POLL) => {}
+                _ = self.shutdown.cancelled() => return Confirmed::Stopping,
+            }
+        }
+    }
+
+    fn reject(&mut self, doc: SignedDoc, why: String) {
+        let version = doc.version;
+        self.record(doc, Fate::Rejected, &why);
+        self.report(Some(version), Fate::Rejected, &why);
+    }
+
+    fn record(&mut self, doc: SignedDoc, fate: Fate, reason: &str) {
+        self.state.last = Some(Last {
+            doc,
+            fate,
+            reason: reason.to_string(),
+        });
+        if let Err(why) = state::save(&self.state_path, &self.state) {
+            tracing::error!(
+                "saving pushed configuration state: {why}; check the storage directory"
+            );
+        }
+    }
+
+    fn report(&self, version: Option<u64>, fate: Fate, reason: &str) {
+        if fate != Fate::Applied {
+            let v = version.map_or("?".into(), |v| v.to_string());
+            tracing::warn!(
+                "pushed configuration version {v} {}: {reason}",
+                fate.as_str()
+            );
+        }
+        let body = json!({"version": version, "state": fate.as_str(), "reason": reason});
+        if self.outbox.try_send(body.to_string().into_bytes()).is_err() {
+            tracing::warn!("configuration status not published (queue full)");
+        }
+    }
+}

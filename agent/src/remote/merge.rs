@@ -1,0 +1,145 @@
+//! What a pushed document may change, and the configuration it makes.
+//!
+//! A document holds the site's operational sections: `[[stations]]`, `[[sources.serial]]`,
+//! `[[sources.mqtt]]`, and `[upstream]` `replay_rate` / `max_inflight`. Its stations and
+//! sources replace the file's (a document without stations has none); `replay_rate` and
+//! `max_inflight` replace the file's when the document sets them. Anything else (site
+//! identity, storage, the upstream address and credentials, `[control]`) stays local: a
+//! document that sets it is rejected.
+
+use serde_json::Value;
+
+use crate::config::{self, Config};
+
+/// The upstream keys a document may set.
+const UPSTREAM_KEYS: [&str; 2] = ["replay_rate", "max_inflight"];
+
+/// The configuration `doc_toml` makes of `local` (the file's), validated like `check-config`;
+/// Err is the reason, for the config/status topic and the log.
+pub fn merge(local: &Config, doc_toml: &str) -> Result<Config, String> {
+    let doc = config::toml_tree(doc_toml, "pushed configuration")?;
+    let Value::Object(doc) = doc else {
+        return Err("the pushed configuration is not a TOML table".into());
+    };
+    let mut tree = local.tree.clone();
+    let Value::Object(top) = &mut tree else {
+        return Err("the local configuration is not a table".into());
+    };
+    let mut local_keys = Vec::new();
+    let mut stations = Value::Array(Vec::new());
+    let mut sources = Value::Object(Default::default());
+    for (key, value) in doc {
+        match key.as_str() {
+            "stations" => stations = value,
+            "sources" => sources = value,
+            "upstream" => {
+                let Value::Object(up) = value else {
+                    return Err("upstream must be a table".into());
+                };
+                for (k, v) in up {
+                    if UPSTREAM_KEYS.contains(&k.as_str()) {
+                        if let Some(Value::Object(u)) = top.get_mut("upstream") {
+                            u.insert(k, v);
+                        }
+                    } else {
+                        local_keys.push(format!("upstream.{k}"));
+                    }
+                }
+            }
+            _ => local_keys.push(key),
+        }
+    }
+    if !local_keys.is_empty() {
+        return Err(format!(
+            "sets {}, which stay local to the site (a pushed configuration may set only [[stations]], [[sources.*]] and upstream.replay_rate / max_inflight)",
+            local_keys.join(", ")
+        ));
+    }
+    top.insert("stations".into(), stations);
+    top.insert("sources".into(), sources);
+    config::from_value(tree).map_err(|p| format!("invalid configuration:\n{p}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> Config {
+        config::load_str(
+            r#"
+[site]
+id = "dc-test-01"
+[upstream]
+url = "mqtt://central:1883"
+max_inflight = 50
+[[stations]]
+id = "pack-01"
+role = "packing"
+[[sources.mqtt]]
+id = "scanner-a"
+url = "mqtt://127.0.0.1:1883"
+topics = ["site/a"]
+decoder = "barcode"
+station = "pack-01"
+"#,
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn stations_and_sources_are_replaced_and_the_rest_stays_local() {
+        let merged = merge(
+            &local(),
+            r#"
+[upstream]
+replay_rate = 500
+[[stations]]
+id = "recv-01"
+role = "receiving"
+[[sources.mqtt]]
+id = "scanner-b"
+url = "mqtt://127.0.0.1:1883"
+topics = ["site/b"]
+decoder = "barcode"
+station = "recv-01"
+"#,
+        )
+        .unwrap();
+        assert_eq!(merged.site.id, "dc-test-01");
+        assert_eq!(merged.upstream.url, "mqtt://central:1883");
+        assert_eq!(merged.upstream.replay_rate, 500);
+        assert_eq!(
+            merged.upstream.max_inflight, 50,
+            "not in the document: the file's"
+        );
+        let ids: Vec<&str> = merged.sources.mqtt.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["scanner-b"]);
+        assert_eq!(merged.stations.len(), 1);
+        assert!(merged.sources.serial.is_empty());
+    }
+
+    #[test]
+    fn a_document_touching_identity_storage_address_or_control_is_rejected_naming_them() {
+        let err = merge(
+            &local(),
+            "[site]\nid = \"other\"\n[upstream]\nurl = \"mqtt://evil:1883\"\n[control]\ntrusted_keys = []\n",
+        )
+        .unwrap_err();
+        for key in ["site", "upstream.url", "control"] {
+            assert!(err.contains(key), "{key} not named in: {err}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_document_gets_the_check_config_report() {
+        let err = merge(
+            &local(),
+            "[[sources.mqtt]]\nid = \"x\"\nurl = \"ftp://nope\"\ntopics = []\ndecoder = \"barcode\"\nstation = \"missing\"\n",
+        )
+        .unwrap_err();
+        assert!(err.starts_with("invalid configuration:"), "{err}");
+        assert!(err.contains("sources.mqtt[0].url"), "{err}");
+        assert!(err.contains("sources.mqtt[0].station"), "{err}");
+    }
+}

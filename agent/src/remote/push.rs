@@ -1,0 +1,90 @@
+//! `edge-agent config push`: publishes a signed document retained with QoS 1 to
+//! `{prefix}/{site}/config/set`, and returns once the broker has acknowledged it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+
+use super::SignedDoc;
+use crate::config::{parse_mqtt_url, BrokerAccess};
+use crate::tls::Access;
+
+/// How long the broker has to accept the connection and acknowledge the document.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where to push.
+pub struct Target {
+    pub url: String,
+    pub topic_prefix: String,
+    pub site: String,
+    /// For `mqtts://`: the CA that signed the broker's certificate.
+    pub ca_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+/// The topic a site reads pushed configuration from.
+pub fn set_topic(prefix: &str, site: &str) -> String {
+    format!("{prefix}/{site}/config/set")
+}
+
+/// Pushes `doc` (checked to parse first) and waits for the broker's PUBACK.
+pub async fn push(target: &Target, doc: &[u8]) -> Result<String, String> {
+    let parsed = SignedDoc::parse(doc)?;
+    let addr = parse_mqtt_url(&target.url)?;
+    let access = BrokerAccess {
+        key: "--url".into(),
+        url: target.url.clone(),
+        ca_file: target.ca_file.clone(),
+        cert_file: None,
+        key_file: None,
+        username: target.username.clone(),
+        password_file: target.password_file.clone(),
+    };
+    let mut access = Access::prepare(&access, addr.tls)?;
+    let mut opts = MqttOptions::new(
+        format!("edge-agent-config-push-{}", std::process::id()),
+        addr.host,
+        addr.port,
+    );
+    if let Some(t) = access.transport() {
+        opts.set_transport(t);
+    }
+    if let Some((u, p)) = access.credentials() {
+        opts.set_credentials(u, p);
+    }
+    opts.set_keep_alive(Duration::from_secs(10));
+    opts.set_max_packet_size(doc.len() + 1024, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let topic = set_topic(&target.topic_prefix, &target.site);
+    client
+        .publish(&topic, QoS::AtLeastOnce, true, doc.to_vec())
+        .await
+        .map_err(|e| format!("queueing the publish: {e}"))?;
+    let acked = async {
+        let mut pkid = None;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Publish(id))) => pkid = Some(id),
+                Ok(Event::Incoming(Packet::PubAck(ack))) if Some(ack.pkid) == pkid => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("broker {}: {e}", target.url)),
+            }
+        }
+    };
+    match tokio::time::timeout(TIMEOUT, acked).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(format!(
+                "broker {}: no acknowledgement within {TIMEOUT:?}",
+                target.url
+            ))
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(format!(
+        "pushed version {} to {topic} (retained); the agent reports on {}/{}/config/status",
+        parsed.version, target.topic_prefix, target.site
+    ))
+}

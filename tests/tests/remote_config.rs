@@ -1,0 +1,370 @@
+//! Remote configuration (CONTRACT section 7) end to end: keys, signing and pushing through the
+//! real CLI, a real central broker carrying `config/set` and `config/status`, the real agent
+//! switching its sources without a restart, and every way a push is refused or rolled back.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use edge_tests::{run_cli, wait_for, Agent, Broker, Collector, DEADLINE};
+use serde_json::Value;
+
+const SITE: &str = "dc-remote-01";
+
+/// A signing key made by `edge-agent config keygen`; returns (secret path, public key).
+fn keygen(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let path = dir.join(name);
+    let (code, _, err) = run_cli(&["config", "keygen", "--out", &path.to_string_lossy()], &[])?;
+    ensure!(code == 0, "keygen: {err}");
+    let public = std::fs::read_to_string(dir.join(format!("{name}.pub")))?;
+    Ok((path, public.trim().to_string()))
+}
+
+/// `config sign` then `config push` to central.
+fn push(dir: &Path, key: &Path, version: u64, toml: &str, central: &Broker) -> Result<()> {
+    let file = dir.join(format!("v{version}.toml"));
+    std::fs::write(&file, toml)?;
+    let (code, signed, err) = run_cli(
+        &[
+            "config",
+            "sign",
+            "--key",
+            &key.to_string_lossy(),
+            "--version",
+            &version.to_string(),
+            &file.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    ensure!(code == 0, "sign: {err}");
+    push_raw(dir, version, signed.trim(), central)
+}
+
+fn push_raw(dir: &Path, version: u64, signed: &str, central: &Broker) -> Result<()> {
+    let file = dir.join(format!("v{version}.signed.json"));
+    std::fs::write(&file, signed)?;
+    let (code, out, err) = run_cli(
+        &[
+            "config",
+            "push",
+            "--url",
+            &central.url(),
+            "--topic-prefix",
+            "edge",
+            "--site",
+            SITE,
+            &file.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    ensure!(code == 0, "push: {err}{out}");
+    Ok(())
+}
+
+fn agent_config(central: &Broker, site: &Broker, trusted: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "{SITE}"
+[storage]
+path = "{{dir}}/buffer.redb"
+[upstream]
+url = "{}"
+format = "json"
+[[stations]]
+id = "pack-01"
+role = "packing"
+[[sources.mqtt]]
+id = "scanner-a"
+url = "{}"
+topics = ["site/a"]
+decoder = "barcode"
+station = "pack-01"
+[control]
+socket = "{{dir}}/control.sock"
+trusted_keys = ["{trusted}"]
+confirm_timeout = "3s"
+"#,
+        central.url(),
+        site.url()
+    )
+}
+
+/// The operational part of a pushed document: scanner-a kept, scanner-b added.
+fn two_scanners(site: &Broker) -> String {
+    format!(
+        r#"
+[upstream]
+replay_rate = 1500
+[[stations]]
+id = "pack-01"
+role = "packing"
+[[stations]]
+id = "recv-01"
+role = "receiving"
+[[sources.mqtt]]
+id = "scanner-a"
+url = "{url}"
+topics = ["site/a"]
+decoder = "barcode"
+station = "pack-01"
+[[sources.mqtt]]
+id = "scanner-b"
+url = "{url}"
+topics = ["site/b"]
+decoder = "barcode"
+station = "recv-01"
+"#,
+        url = site.url()
+    )
+}
+
+/// Waits for `{prefix}/{site}/config/status` to say `state` for `version`.
+fn wait_config_status(statuses: &Collector, version: u64, state: &str) -> Result<Value> {
+    wait_for(
+        &format!("config/status {state} for version {version}"),
+        Duration::from_secs(30),
+        || {
+            statuses
+                .all()
+                .into_iter()
+                .filter(|r| r.topic.ends_with("/config/status"))
+                .map(|r| r.json())
+                .find(|v| v["version"] == version && v["state"] == state)
+        },
+    )
+    .map_err(|e| {
+        let seen: Vec<Value> = statuses.all().iter().map(|r| r.json()).collect();
+        anyhow::anyhow!("{e}; config/status so far: {seen:?}")
+    })
+}
+
+fn codes_from(events: &[Value], source: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["source"] == source)
+        .map(|e| e["body"]["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn a_signed_push_switches_the_sources_without_a_restart_or_a_lost_reading_and_survives_one(
+) -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, &format!("edge/{SITE}/events/#"))?;
+    let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
+    let mut agent = Agent::start(&agent_config(&central, &site, &public))?;
+    agent.wait_source("scanner-a", "open")?;
+    let pid = agent.pid();
+
+    // Readings keep coming on scanner-a while the push switches the sources.
+    const N: usize = 400;
+    let publisher = std::thread::spawn(move || -> Result<Collector> {
+        for i in 0..N {
+            device.publish("site/a", format!("LPN{i:06}"))?;
+            if i % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(device)
+    });
+    push(keys.path(), &secret, 1, &two_scanners(&site), &central)?;
+    wait_config_status(&statuses, 1, "applied")?;
+    let device = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    ensure!(agent.pid() == pid, "the agent was restarted");
+    let status = agent.wait_source("scanner-b", "open")?;
+    ensure!(
+        status["sources"]["scanner-a"]["state"] == "open",
+        "{status}"
+    );
+    device.publish("site/b", "LPN900001")?;
+
+    let events = wait_for("every reading from both scanners", DEADLINE, || {
+        let e = sink.events();
+        let a: BTreeSet<String> = codes_from(&e, "scanner-a").into_iter().collect();
+        (a.len() == N && codes_from(&e, "scanner-b").len() == 1).then_some(e)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; {} events\n{}", sink.events().len(), agent.log()))?;
+    let b = events.iter().find(|e| e["source"] == "scanner-b");
+    ensure!(
+        b.is_some_and(|e| e["station"] == "recv-01" && e["kind"] == "inventory.scan"),
+        "scanner-b's reading belongs to the pushed receiving station: {b:?}"
+    );
+    let a = codes_from(&events, "scanner-a");
+    let mut seen = BTreeSet::new();
+    let firsts: Vec<&String> = a.iter().filter(|c| seen.insert(*c)).collect();
+    ensure!(
+        firsts.windows(2).all(|w| w[0] < w[1]),
+        "scanner-a's readings out of order across the switch"
+    );
+
+    // The pushed configuration wins over the file's after a restart.
+    let stopped = agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ensure!(stopped.success(), "SIGTERM: {stopped:?}");
+    agent.restart()?;
+    let status = agent.wait_source("scanner-b", "open")?;
+    ensure!(status["config_version"] == 1, "{status}");
+    ensure!(
+        agent
+            .log()
+            .contains("running pushed configuration version 1"),
+        "{}",
+        agent.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn pushes_that_are_unsigned_forged_stale_local_or_invalid_are_rejected_and_change_nothing(
+) -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let (stranger, _) = keygen(keys.path(), "stranger.key")?;
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
+    let agent = Agent::start(&agent_config(&central, &site, &public))?;
+    agent.wait_source("scanner-a", "open")?;
+    let dir = keys.path();
+
+    // Signed by a key the site does not trust.
+    push(dir, &stranger, 5, &two_scanners(&site), &central)?;
+    let s = wait_config_status(&statuses, 5, "rejected")?;
+    ensure!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not in control.trusted_keys"),
+        "{s}"
+    );
+
+    // Altered after signing.
+    let file = dir.join("v6.toml");
+    std::fs::write(&file, two_scanners(&site))?;
+    let (_, signed, _) = run_cli(
+        &[
+            "config",
+            "sign",
+            "--key",
+            &secret.to_string_lossy(),
+            "--version",
+            "6",
+            &file.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    let mut doc: Value = serde_json::from_str(signed.trim())?;
+    doc["toml"] = Value::String(
+        doc["toml"]
+            .as_str()
+            .unwrap_or("")
+            .replace("site/b", "site/#"),
+    );
+    push_raw(dir, 6, &doc.to_string(), &central)?;
+    let s = wait_config_status(&statuses, 6, "rejected")?;
+    ensure!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("does not match"),
+        "{s}"
+    );
+
+    // Touches what stays local.
+    push(
+        dir,
+        &secret,
+        7,
+        "[site]\nid = \"elsewhere\"\n[upstream]\nurl = \"mqtt://evil:1883\"\n",
+        &central,
+    )?;
+    let s = wait_config_status(&statuses, 7, "rejected")?;
+    let reason = s["reason"].as_str().unwrap_or("");
+    ensure!(
+        reason.contains("site") && reason.contains("upstream.url") && reason.contains("stay local"),
+        "{s}"
+    );
+
+    // Invalid: the same complete report as check-config.
+    push(
+        dir,
+        &secret,
+        8,
+        "[[sources.mqtt]]\nid = \"x\"\nurl = \"ftp://nope\"\ntopics = [\"t\"]\ndecoder = \"barcode\"\nstation = \"nowhere\"\n",
+        &central,
+    )?;
+    let s = wait_config_status(&statuses, 8, "rejected")?;
+    let reason = s["reason"].as_str().unwrap_or("");
+    ensure!(
+        reason.contains("sources.mqtt[0].url") && reason.contains("sources.mqtt[0].station"),
+        "{s}"
+    );
+
+    // A good one, then an older version.
+    push(dir, &secret, 9, &two_scanners(&site), &central)?;
+    wait_config_status(&statuses, 9, "applied")?;
+    push(dir, &secret, 3, "", &central)?;
+    let s = wait_config_status(&statuses, 3, "rejected")?;
+    ensure!(
+        s["reason"].as_str().unwrap_or("").contains("not above 9"),
+        "{s}"
+    );
+
+    let status = agent.status()?;
+    let ids: BTreeSet<&str> = status["sources"]
+        .as_object()
+        .map(|m| m.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    ensure!(
+        ids == BTreeSet::from(["scanner-a", "scanner-b"]),
+        "version 9's sources stay: {ids:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_push_whose_new_source_does_not_open_is_rolled_back_to_the_last_good_one() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, &format!("edge/{SITE}/events/#"))?;
+    let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
+    let agent = Agent::start(&agent_config(&central, &site, &public))?;
+    agent.wait_source("scanner-a", "open")?;
+
+    let broken = format!(
+        "{}\n[[sources.serial]]\nid = \"scale-missing\"\npath = \"/dev/serial/by-id/usb-nothing-here\"\nbaud = 9600\ndecoder = \"barcode\"\nstation = \"pack-01\"\n",
+        two_scanners(&site)
+    );
+    push(keys.path(), &secret, 1, &broken, &central)?;
+    let s = wait_config_status(&statuses, 1, "rolled_back")?;
+    let reason = s["reason"].as_str().unwrap_or("");
+    ensure!(
+        reason.contains("scale-missing")
+            && reason.contains("confirm_timeout")
+            && reason.contains("the configuration file"),
+        "{s}"
+    );
+    let status = wait_for("the file's sources back", DEADLINE, || {
+        let s = agent.status().ok()?;
+        let ids: Vec<String> = s["sources"].as_object()?.keys().cloned().collect();
+        (ids == ["scanner-a"] && s["sources"]["scanner-a"]["state"] == "open").then_some(s)
+    })?;
+    drop(status);
+    device.publish("site/a", "LPN000777")?;
+    let events = sink.wait_events(1, DEADLINE)?;
+    ensure!(
+        codes_from(&events, "scanner-a") == ["LPN000777"],
+        "{events:?}"
+    );
+    Ok(())
+}
