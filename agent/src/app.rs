@@ -1,16 +1,17 @@
 //! Wires the stages together and runs them until SIGTERM/SIGINT.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::buffer::{spawn_writer, Capacity, Store, WriterHandle};
 use crate::config::Config;
 use crate::control::socket;
+use crate::normalize::SharedCorrelator;
 use crate::remote;
-use crate::sources::{build_all, SourceContext};
+use crate::sources::{build, ids, SourceContext};
 use crate::status::StatusBoard;
 use crate::upstream::{Limits, Upstream, DRAIN_DEADLINE};
 
@@ -32,47 +33,127 @@ pub enum StartError {
     },
 }
 
-/// The sources of one configuration, running.
-struct SourceSet {
+/// One running source.
+struct Running {
     stop: CancellationToken,
-    tasks: TaskTracker,
+    task: tokio::task::JoinHandle<()>,
+    /// Its configuration and its station's: a switch restarts it only if this changes.
+    fingerprint: serde_json::Value,
+}
+
+/// The running sources, by id.
+struct SourceSet {
+    running: BTreeMap<String, Running>,
+    /// Scans seen at each station, for the scales there: shared by every source, across
+    /// switches.
+    correlator: SharedCorrelator,
+}
+
+/// What a source runs from: its entry in the configuration and its station's.
+fn fingerprints(config: &Config) -> BTreeMap<String, serde_json::Value> {
+    let tree = &config.tree;
+    let station = |id: &serde_json::Value| {
+        tree["stations"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["id"] == *id))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut out = BTreeMap::new();
+    for kind in ["serial", "mqtt"] {
+        for entry in tree["sources"][kind].as_array().into_iter().flatten() {
+            if let Some(id) = entry["id"].as_str() {
+                let fp = serde_json::json!([kind, entry, station(&entry["station"])]);
+                out.insert(id.to_string(), fp);
+            }
+        }
+    }
+    out
 }
 
 impl SourceSet {
-    fn start(
+    fn new() -> SourceSet {
+        SourceSet {
+            running: BTreeMap::new(),
+            correlator: Default::default(),
+        }
+    }
+
+    /// Makes `config`'s sources the running ones: stops those that are gone or changed (each
+    /// commits and acknowledges what it read first), starts those not running, and leaves the
+    /// others alone (a serial port that stays open loses nothing). Returns the ids started.
+    async fn switch(
+        &mut self,
         config: Arc<Config>,
         writer: &WriterHandle,
         status: &Arc<StatusBoard>,
         shutdown: &CancellationToken,
-    ) -> SourceSet {
-        let set = SourceSet {
-            stop: shutdown.child_token(),
-            tasks: TaskTracker::new(),
-        };
-        let ctx = SourceContext {
-            config,
-            correlator: Default::default(),
-            writer: writer.clone(),
-            status: status.clone(),
-            shutdown: set.stop.clone(),
-        };
-        for (id, task) in build_all(&ctx) {
+    ) -> Vec<String> {
+        let want = fingerprints(&config);
+        let stale: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(id, r)| want.get(*id) != Some(&r.fingerprint))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let stopping: Vec<Running> = stale
+            .iter()
+            .filter_map(|id| self.running.remove(id))
+            .collect();
+        stop_all(stopping).await;
+        let new: Vec<String> = ids(&config)
+            .into_iter()
+            .filter(|id| !self.running.contains_key(id))
+            .collect();
+        status.reset_sources(
+            want.keys().map(String::as_str),
+            new.iter().map(String::as_str),
+        );
+        let mut started = Vec::new();
+        for id in new {
+            let stop = shutdown.child_token();
+            let ctx = SourceContext {
+                config: config.clone(),
+                correlator: self.correlator.clone(),
+                writer: writer.clone(),
+                status: status.clone(),
+                shutdown: stop.clone(),
+            };
+            let Some(task) = build(&ctx, &id) else {
+                continue;
+            };
             tracing::debug!("starting source {id}");
-            set.tasks.spawn(task);
+            let fingerprint = want.get(&id).cloned().unwrap_or_default();
+            self.running.insert(
+                id.clone(),
+                Running {
+                    stop,
+                    task: tokio::spawn(task),
+                    fingerprint,
+                },
+            );
+            started.push(id);
         }
-        set.tasks.close();
-        set
+        started
     }
 
-    /// Stops them: each commits what it read and acknowledges it first.
     async fn stop(self) {
-        self.stop.cancel();
-        if tokio::time::timeout(SOURCES_DEADLINE, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("sources did not stop within {SOURCES_DEADLINE:?}");
+        stop_all(self.running.into_values().collect()).await;
+    }
+}
+
+/// Stops sources and waits (bounded) for each to finish.
+async fn stop_all(sources: Vec<Running>) {
+    for s in &sources {
+        s.stop.cancel();
+    }
+    let all = async {
+        for s in sources {
+            let _ = s.task.await;
         }
+    };
+    if tokio::time::timeout(SOURCES_DEADLINE, all).await.is_err() {
+        tracing::warn!("sources did not stop within {SOURCES_DEADLINE:?}");
     }
 }
 
@@ -149,7 +230,10 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
         .run(),
     );
 
-    let mut sources = SourceSet::start(config.clone(), &writer, &status, &shutdown);
+    let mut sources = SourceSet::new();
+    sources
+        .switch(config.clone(), &writer, &status, &shutdown)
+        .await;
     let remote = tokio::spawn(
         remote::Manager {
             file: file.clone(),
@@ -186,14 +270,9 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
             // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
             Some(switch) = switch_rx.recv() => {
                 // The buffer, its backlog and the upstream connection stay as they are.
-                sources.stop().await;
-                let c = &switch.config;
-                status.reset_sources(
-                    c.sources.serial.iter().map(|s| s.id.as_str())
-                        .chain(c.sources.mqtt.iter().map(|s| s.id.as_str())),
-                );
-                limits_tx.send_replace(Limits::of(c));
-                sources = SourceSet::start(switch.config.clone(), &writer, &status, &shutdown);
+                limits_tx.send_replace(Limits::of(&switch.config));
+                let started = sources.switch(switch.config, &writer, &status, &shutdown).await;
+                tracing::info!("sources switched; started: {}", if started.is_empty() { "none".into() } else { started.join(", ") });
                 let _ = switch.started.send(());
             }
         }

@@ -109,12 +109,17 @@ impl StatusBoard {
         changed
     }
 
-    /// A new set of sources is starting (a pushed configuration): forgets the others and
-    /// shows these as starting until they report.
-    pub fn reset_sources<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+    /// The sources are now `keep` (a pushed configuration): forgets the others, and shows
+    /// `starting` ones as starting until they report.
+    pub fn reset_sources<'a>(
+        &self,
+        keep: impl IntoIterator<Item = &'a str>,
+        starting: impl IntoIterator<Item = &'a str>,
+    ) {
+        let keep: std::collections::BTreeSet<&str> = keep.into_iter().collect();
         let mut map = lock(&self.sources);
-        map.clear();
-        for id in ids {
+        map.retain(|id, _| keep.contains(id.as_str()));
+        for id in starting {
             map.insert(
                 id.to_string(),
                 SourceStatus {

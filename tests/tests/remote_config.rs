@@ -179,6 +179,14 @@ fn a_signed_push_switches_the_sources_without_a_restart_or_a_lost_reading_and_su
         .join()
         .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
     ensure!(agent.pid() == pid, "the agent was restarted");
+    // scanner-a and its station are the same in the document: it was never stopped.
+    ensure!(
+        agent
+            .log()
+            .contains("sources switched; started: scanner-b\n"),
+        "{}",
+        agent.log()
+    );
     let status = agent.wait_source("scanner-b", "open")?;
     ensure!(
         status["sources"]["scanner-a"]["state"] == "open",

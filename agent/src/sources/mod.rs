@@ -28,14 +28,20 @@ pub struct SourceContext {
 /// A running source.
 pub type SourceTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Every configured source, built and ready to spawn.
-pub fn build_all(ctx: &SourceContext) -> Vec<(String, SourceTask)> {
-    let mut out: Vec<(String, SourceTask)> = Vec::new();
-    for s in &ctx.config.sources.serial {
-        out.push((s.id.clone(), Box::pin(s.clone().build(ctx.clone()))));
+/// The ids of every configured source.
+pub fn ids(config: &Config) -> Vec<String> {
+    let serial = config.sources.serial.iter().map(|s| s.id.clone());
+    serial
+        .chain(config.sources.mqtt.iter().map(|s| s.id.clone()))
+        .collect()
+}
+
+/// The source `id` of `ctx.config`, built and ready to spawn; it ends when `ctx.shutdown` is
+/// cancelled.
+pub fn build(ctx: &SourceContext, id: &str) -> Option<SourceTask> {
+    if let Some(s) = ctx.config.sources.serial.iter().find(|s| s.id == id) {
+        return Some(Box::pin(s.clone().build(ctx.clone())));
     }
-    for s in &ctx.config.sources.mqtt {
-        out.push((s.id.clone(), Box::pin(s.clone().build(ctx.clone()))));
-    }
-    out
+    let s = ctx.config.sources.mqtt.iter().find(|s| s.id == id)?;
+    Some(Box::pin(s.clone().build(ctx.clone())))
 }
