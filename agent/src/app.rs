@@ -147,13 +147,17 @@ async fn stop_all(sources: Vec<Running>) {
     for s in &sources {
         s.stop.cancel();
     }
-    let all = async {
-        for s in sources {
+    let deadline = tokio::time::Instant::now() + SOURCES_DEADLINE;
+    for mut s in sources {
+        if tokio::time::timeout_at(deadline, &mut s.task)
+            .await
+            .is_err()
+        {
+            // Its successor must not share its port or client id with it.
+            tracing::warn!("a source did not stop within {SOURCES_DEADLINE:?}; aborted");
+            s.task.abort();
             let _ = s.task.await;
         }
-    };
-    if tokio::time::timeout(SOURCES_DEADLINE, all).await.is_err() {
-        tracing::warn!("sources did not stop within {SOURCES_DEADLINE:?}");
     }
 }
 
@@ -203,7 +207,7 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
     })?;
     let (replay_tx, replay_rx) = tokio::sync::mpsc::channel(16);
     let (limits_tx, limits_rx) = tokio::sync::watch::channel(Limits::of(&config));
-    let (config_set_tx, config_set_rx) = tokio::sync::mpsc::channel(4);
+    let (config_set_tx, config_set_rx) = tokio::sync::watch::channel(None);
     let (config_status_tx, config_status_rx) = tokio::sync::mpsc::channel(16);
     let (switch_tx, mut switch_rx) = tokio::sync::mpsc::channel::<remote::Switch>(1);
     let control = tokio::spawn(socket::serve(
@@ -226,6 +230,7 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
             limits: limits_rx,
             config_set: config_set_tx,
             config_status: config_status_rx,
+            last_config_status: Default::default(),
         }
         .run(),
     );
@@ -273,7 +278,7 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
                 limits_tx.send_replace(Limits::of(&switch.config));
                 let started = sources.switch(switch.config, &writer, &status, &shutdown).await;
                 tracing::info!("sources switched; started: {}", if started.is_empty() { "none".into() } else { started.join(", ") });
-                let _ = switch.started.send(());
+                let _ = switch.started.send(started);
             }
         }
     }

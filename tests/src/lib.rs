@@ -272,6 +272,13 @@ impl Collector {
         .map_err(|e| anyhow!("{e}; got {} events", self.events().len()))
     }
 
+    /// Publishes a retained message (a device's last value).
+    pub fn client_publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.into())?;
+        Ok(())
+    }
+
     /// Publishes a message (a device on the site broker).
     pub fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
         self.client

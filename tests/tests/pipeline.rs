@@ -618,3 +618,69 @@ fn the_demo_delivers_events_from_its_serial_and_its_mqtt_scanner() -> Result<()>
     );
     Ok(())
 }
+
+/// The site broker keeps a session's subscriptions for days: a topic taken out of the
+/// configuration must stop producing events, and a retained message must become one reading,
+/// not one per reconnection.
+#[test]
+fn a_topic_taken_out_of_the_config_stops_and_a_retained_message_is_stored_once() -> Result<()> {
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    let source = |topic: &str| {
+        format!(
+            "[[sources.mqtt]]\nid = \"scanner-mqtt\"\nurl = \"{}\"\ntopics = [\"{topic}\"]\ndecoder = \"barcode\"\nstation = \"pack-01\"\n",
+            site.url()
+        )
+    };
+    let mut agent = Agent::start(&config(&central, &source("site/old")))?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    // A retained message on the topic the next configuration reads.
+    device.client_publish_retained("site/new", "LPN-RETAINED")?;
+
+    let stopped = agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ensure!(stopped.success(), "{stopped:?}");
+    let dir = agent.dir.path().display().to_string();
+    std::fs::write(
+        &agent.config,
+        config(&central, &source("site/new")).replace("{dir}", &dir),
+    )?;
+    for _ in 0..2 {
+        agent.restart()?;
+        agent.wait_source("scanner-mqtt", "open")?;
+        device.publish("site/old", "LPN-OLD-TOPIC")?;
+        device.publish("site/new", format!("LPN-NEW-{}", agent.pid().unwrap_or(0)))?;
+        let stopped = agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+        ensure!(stopped.success(), "{stopped:?}");
+    }
+    agent.restart()?;
+    let events = sink.wait_events(3, DEADLINE)?;
+    // Wait for the broker to have nothing more for us, then look at everything.
+    device.publish("site/new", "LPN-LAST")?;
+    let events = wait_for("the last reading", DEADLINE, || {
+        let e = sink.events();
+        e.iter()
+            .any(|e| e["body"]["code"] == "LPN-LAST")
+            .then_some(e)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {events:?}\n{}", agent.log()))?;
+    let codes: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["body"]["code"].as_str())
+        .collect();
+    ensure!(
+        !codes.contains(&"LPN-OLD-TOPIC"),
+        "a message on the removed topic became an event: {codes:?}"
+    );
+    ensure!(
+        codes.iter().filter(|c| **c == "LPN-RETAINED").count() == 1,
+        "the retained message must be stored once: {codes:?}\n{}",
+        site.log()
+    );
+    ensure!(
+        codes.iter().filter(|c| c.starts_with("LPN-NEW-")).count() == 2,
+        "{codes:?}"
+    );
+    Ok(())
+}

@@ -63,6 +63,17 @@ fn push_raw(dir: &Path, version: u64, signed: &str, central: &Broker) -> Result<
 }
 
 fn agent_config(central: &Broker, site: &Broker, trusted: &str) -> String {
+    agent_config_with(central, site, trusted, "", "3s")
+}
+
+/// The agent's file with `more` sources and a `confirm_timeout`.
+fn agent_config_with(
+    central: &Broker,
+    site: &Broker,
+    trusted: &str,
+    more: &str,
+    confirm: &str,
+) -> String {
     format!(
         r#"
 [site]
@@ -81,10 +92,11 @@ url = "{}"
 topics = ["site/a"]
 decoder = "barcode"
 station = "pack-01"
+{more}
 [control]
 socket = "{{dir}}/control.sock"
 trusted_keys = ["{trusted}"]
-confirm_timeout = "3s"
+confirm_timeout = "{confirm}"
 "#,
         central.url(),
         site.url()
@@ -374,5 +386,75 @@ fn a_push_whose_new_source_does_not_open_is_rolled_back_to_the_last_good_one() -
         codes_from(&events, "scanner-a") == ["LPN000777"],
         "{events:?}"
     );
+    Ok(())
+}
+
+/// A serial scanner on a port that is not there: it stays retrying.
+const MISSING_SERIAL: &str = "[[sources.serial]]\nid = \"scanner-unplugged\"\npath = \"/dev/serial/by-id/usb-unplugged\"\nbaud = 9600\ndecoder = \"barcode\"\nstation = \"pack-01\"\n";
+
+#[test]
+fn a_push_is_confirmed_by_the_sources_it_starts_not_by_an_untouched_one_that_is_down() -> Result<()>
+{
+    let keys = tempfile::tempdir()?;
+    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
+    let agent = Agent::start(&agent_config_with(
+        &central,
+        &site,
+        &public,
+        MISSING_SERIAL,
+        "3s",
+    ))?;
+    agent.wait_source("scanner-a", "open")?;
+    agent.wait_source("scanner-unplugged", "retrying")?;
+    // The same unplugged scanner, and a new one.
+    let doc = format!("{}\n{MISSING_SERIAL}", two_scanners(&site));
+    push(keys.path(), &secret, 1, &doc, &central)?;
+    let s = wait_config_status(&statuses, 1, "applied")?;
+    ensure!(s["reason"] == "", "{s}");
+    let status = agent.wait_source("scanner-b", "open")?;
+    ensure!(
+        status["sources"]["scanner-unplugged"]["state"] == "retrying",
+        "{status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_push_that_stops_the_agent_twice_while_confirming_is_given_up() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
+    // A long confirmation, so that the kills land inside it.
+    let mut agent = Agent::start(&agent_config_with(&central, &site, &public, "", "60s"))?;
+    agent.wait_source("scanner-a", "open")?;
+    let doc = format!("{}\n{MISSING_SERIAL}", two_scanners(&site));
+    push(keys.path(), &secret, 1, &doc, &central)?;
+    for round in 1..=2 {
+        wait_for(&format!("confirmation {round} under way"), DEADLINE, || {
+            let s = agent.status().ok()?;
+            (s["sources"]["scanner-unplugged"]["state"] == "retrying").then_some(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+        let killed = agent.signal(nix::sys::signal::Signal::SIGKILL)?;
+        ensure!(killed.code().is_none(), "{killed:?}");
+        agent.restart()?;
+    }
+    // Third start: the document is given up, the file's configuration runs.
+    let s = wait_config_status(&statuses, 1, "rolled_back")?;
+    ensure!(
+        s["reason"].as_str().unwrap_or("").contains("stopped twice"),
+        "{s}"
+    );
+    let status = agent.wait_source("scanner-a", "open")?;
+    ensure!(
+        status["sources"].get("scanner-unplugged").is_none(),
+        "{status}"
+    );
+    ensure!(status["config_version"].is_null(), "{status}");
     Ok(())
 }

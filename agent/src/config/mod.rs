@@ -1120,9 +1120,17 @@ fn validate(cfg: &Config, c: &mut Collector, w: &mut Collector) {
             );
         }
     }
+    let mut client_ids: std::collections::HashMap<(String, String), usize> = Default::default();
     for (i, s) in cfg.sources.mqtt.iter().enumerate() {
         let key = format!("sources.mqtt[{i}]");
         check_common(c, &key, &s.id, &s.station, &s.decoding(), false);
+        let id = s.effective_client_id(&cfg.site.id);
+        if let Some(j) = client_ids.insert((s.url.clone(), id.clone()), i) {
+            c.push(
+                format!("{key}.client_id"),
+                format!("{id:?} is also the client id of sources.mqtt[{j}] on the same broker; the broker would disconnect one for the other (session taken over): give each its own"),
+            );
+        }
         if let Err(e) = check_mqtt_url(&s.url) {
             c.push(format!("{key}.url"), e);
         }
@@ -1253,6 +1261,16 @@ fn check_decoding(c: &mut Collector, key: &str, d: &Decoding, serial: bool) {
                 );
             }
         }
+    }
+}
+
+impl MqttSource {
+    /// The MQTT client id: `client_id`, else `edge-agent-{site}-{id}` (stable, so the broker
+    /// keeps the session).
+    pub fn effective_client_id(&self, site: &str) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-agent-{site}-{}", self.id))
     }
 }
 

@@ -343,3 +343,46 @@ fn a_password_file_readable_by_others_is_a_warning_that_never_shows_the_password
     );
     Ok(())
 }
+
+#[test]
+fn two_mqtt_sources_with_one_client_id_on_one_broker_are_refused() {
+    let p = problems(
+        r#"
+[site]
+id = "dc-test-01"
+[upstream]
+url = "mqtt://central:1883"
+[[stations]]
+id = "pack-01"
+role = "packing"
+[[sources.mqtt]]
+id = "a"
+url = "mqtt://site:1883"
+topics = ["a"]
+decoder = "barcode"
+station = "pack-01"
+client_id = "shared"
+[[sources.mqtt]]
+id = "b"
+url = "mqtt://site:1883"
+topics = ["b"]
+decoder = "barcode"
+station = "pack-01"
+client_id = "shared"
+[[sources.mqtt]]
+id = "c"
+url = "mqtt://other-site:1883"
+topics = ["c"]
+decoder = "barcode"
+station = "pack-01"
+client_id = "shared"
+"#,
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(
+            "sources.mqtt[1].client_id: \"shared\" is also the client id of sources.mqtt[0]"
+        ),
+        "{p:?}"
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{self, Fate, Last, State};
@@ -16,11 +16,11 @@ use super::{merge, SignedDoc};
 use crate::config::Config;
 use crate::status::{SourceState, StatusBoard};
 
-/// A request to the agent: run these sources from now on; `started` fires once they are
-/// starting (the previous ones stopped, their readings committed).
+/// A request to the agent: run these sources from now on; `started` gets the ids of the
+/// sources it started (those that are new or changed) once they are starting.
 pub struct Switch {
     pub config: Arc<Config>,
-    pub started: oneshot::Sender<()>,
+    pub started: oneshot::Sender<Vec<String>>,
 }
 
 /// How often confirmation looks at the sources.
@@ -33,7 +33,8 @@ pub struct Manager {
     pub state: State,
     pub status: Arc<StatusBoard>,
     pub switch: mpsc::Sender<Switch>,
-    pub inbox: mpsc::Receiver<Vec<u8>>,
+    /// The latest document published to config/set (a newer one replaces one not yet read).
+    pub inbox: watch::Receiver<Option<Vec<u8>>>,
     pub outbox: mpsc::Sender<Vec<u8>>,
     pub shutdown: CancellationToken,
 }
@@ -92,18 +93,45 @@ enum Confirmed {
 impl Manager {
     pub async fn run(mut self, resume: Option<SignedDoc>) {
         if let Some(doc) = resume {
-            match merge(&self.file, &doc.toml) {
-                Ok(config) => self.apply(doc, config).await,
-                Err(why) => self.reject(doc, why),
-            }
+            self.resume(doc).await;
         }
         loop {
             tokio::select! {
                 // Cancel-safe: a cancelled token stays cancelled.
                 _ = self.shutdown.cancelled() => return,
-                // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
-                Some(bytes) = self.inbox.recv() => self.receive(&bytes).await,
+                // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
+                r = self.inbox.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let latest = self.inbox.borrow_and_update().clone();
+                    if let Some(bytes) = latest {
+                        self.receive(&bytes).await;
+                    }
+                }
             }
+        }
+    }
+
+    /// A document whose confirmation a stop interrupted: confirmed once more (checked again
+    /// first); interrupted twice, it counts as failed, in case it is what stops the agent.
+    async fn resume(&mut self, doc: SignedDoc) {
+        let resumed = self.state.last.as_ref().map_or(0, |l| l.resumed);
+        if resumed >= 1 {
+            let why = format!(
+                "the agent stopped twice while confirming it; kept {}",
+                self.good_name()
+            );
+            self.record(doc.clone(), Fate::RolledBack, &why, 0);
+            return self.report(Some(doc.version), Fate::RolledBack, &why);
+        }
+        if let Err(why) = doc.verify(&self.file.control.trusted_keys) {
+            self.record(doc.clone(), Fate::Rejected, &why, 0);
+            return self.report(Some(doc.version), Fate::Rejected, &why);
+        }
+        match merge(&self.file, &doc.toml) {
+            Ok(config) => self.apply(doc, config, resumed + 1).await,
+            Err(why) => self.reject(doc, why),
         }
     }
 
@@ -123,43 +151,44 @@ impl Manager {
         if let Err(why) = doc.verify(&self.file.control.trusted_keys) {
             return self.report(Some(doc.version), Fate::Rejected, &why);
         }
-        let current = self.state.version();
-        if doc.version <= current {
+        let applied = self.state.applied_version();
+        if doc.version <= applied {
             let why = format!(
-                "version {} is not above {current}, the last one applied or tried; sign it with a higher --version",
+                "version {} is not above {applied}, the version applied; sign it with a higher --version",
                 doc.version
             );
             return self.reject(doc, why);
         }
         match merge(&self.file, &doc.toml) {
-            Ok(config) => self.apply(doc, config).await,
+            Ok(config) => self.apply(doc, config, 0).await,
             Err(why) => self.reject(doc, why),
         }
     }
 
-    async fn apply(&mut self, doc: SignedDoc, config: Config) {
+    /// `resumed`: how many starts found it confirming before (0 for a new push).
+    async fn apply(&mut self, doc: SignedDoc, config: Config, resumed: u32) {
         let version = doc.version;
-        self.record(doc.clone(), Fate::Confirming, "");
+        self.record(doc.clone(), Fate::Confirming, "", resumed);
         let config = Arc::new(config);
         tracing::info!("applying pushed configuration version {version}");
-        if !self.switch_to(config.clone()).await {
+        let Some(started) = self.switch_to(config).await else {
             return;
-        }
-        match self.confirm(&config).await {
+        };
+        match self.confirm(&started).await {
             Confirmed::Yes => {
                 self.status.set_config_version(Some(version));
                 self.state.good = Some(doc.clone());
-                self.record(doc, Fate::Applied, "");
+                self.record(doc, Fate::Applied, "", 0);
                 tracing::info!("pushed configuration version {version} applied");
                 self.report(Some(version), Fate::Applied, "");
             }
             Confirmed::No(why) => {
                 let fallback = self.last_good();
-                if !self.switch_to(fallback).await {
+                if self.switch_to(fallback).await.is_none() {
                     return;
                 }
                 let why = format!("{why}; rolled back to {}", self.good_name());
-                self.record(doc, Fate::RolledBack, &why);
+                self.record(doc, Fate::RolledBack, &why, 0);
                 self.report(Some(version), Fate::RolledBack, &why);
             }
             // Stays "confirming": confirmed again at the next start.
@@ -184,31 +213,23 @@ impl Manager {
         }
     }
 
-    /// Has the agent run `config`'s sources; false if it is stopping.
-    async fn switch_to(&self, config: Arc<Config>) -> bool {
+    /// Has the agent run `config`'s sources; the ids it started, None if it is stopping.
+    async fn switch_to(&self, config: Arc<Config>) -> Option<Vec<String>> {
         let (started, done) = oneshot::channel();
-        if self.switch.send(Switch { config, started }).await.is_err() {
-            return false;
-        }
-        done.await.is_ok()
+        self.switch.send(Switch { config, started }).await.ok()?;
+        done.await.ok()
     }
 
-    /// Waits until every source of `config` is open, up to `control.confirm_timeout`.
-    async fn confirm(&self, config: &Config) -> Confirmed {
+    /// Waits until every source the switch started (new or changed) is open, up to
+    /// `control.confirm_timeout`; sources it left running are not its concern.
+    async fn confirm(&self, ids: &[String]) -> Confirmed {
         let timeout = self.file.control.confirm_timeout.0;
         let deadline = tokio::time::Instant::now() + timeout;
-        let ids: Vec<&str> = config
-            .sources
-            .serial
-            .iter()
-            .map(|s| s.id.as_str())
-            .chain(config.sources.mqtt.iter().map(|s| s.id.as_str()))
-            .collect();
         loop {
             let sources = self.status.sources();
             let closed: Vec<String> = ids
                 .iter()
-                .filter_map(|id| match sources.get(*id) {
+                .filter_map(|id| match sources.get(id) {
                     Some(s) if s.state == SourceState::Open => None,
                     Some(s) => Some(format!("{id} ({})", s.detail)),
                     None => Some(format!("{id} (not started)")),
@@ -234,15 +255,16 @@ impl Manager {
 
     fn reject(&mut self, doc: SignedDoc, why: String) {
         let version = doc.version;
-        self.record(doc, Fate::Rejected, &why);
+        self.record(doc, Fate::Rejected, &why, 0);
         self.report(Some(version), Fate::Rejected, &why);
     }
 
-    fn record(&mut self, doc: SignedDoc, fate: Fate, reason: &str) {
+    fn record(&mut self, doc: SignedDoc, fate: Fate, reason: &str, resumed: u32) {
         self.state.last = Some(Last {
             doc,
             fate,
             reason: reason.to_string(),
+            resumed,
         });
         if let Err(why) = state::save(&self.state_path, &self.state) {
             tracing::error!(

@@ -37,6 +37,9 @@ pub struct Last {
     pub fate: Fate,
     #[serde(default)]
     pub reason: String,
+    /// Starts that found it `Confirming` (a stop or crash during confirmation).
+    #[serde(default)]
+    pub resumed: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,11 +51,9 @@ pub struct State {
 }
 
 impl State {
-    /// The highest version applied or tried: a new document must be above it.
-    pub fn version(&self) -> u64 {
-        let good = self.good.as_ref().map_or(0, |d| d.version);
-        let last = self.last.as_ref().map_or(0, |l| l.doc.version);
-        good.max(last)
+    /// The version applied (0: none): a new document must be above it.
+    pub fn applied_version(&self) -> u64 {
+        self.good.as_ref().map_or(0, |d| d.version)
     }
 }
 
@@ -117,10 +118,11 @@ mod tests {
                 doc: SignedDoc { version: 4, ..doc },
                 fate: Fate::RolledBack,
                 reason: "scanner-b did not open".into(),
+                resumed: 0,
             }),
         };
         save(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), state);
-        assert_eq!(state.version(), 4);
+        assert_eq!(state.applied_version(), 3);
     }
 }

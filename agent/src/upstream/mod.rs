@@ -49,10 +49,14 @@ pub struct Upstream {
     pub replays: mpsc::Receiver<ReplayRequest>,
     /// `max_inflight` and `replay_rate`, which a pushed configuration may change.
     pub limits: watch::Receiver<Limits>,
-    /// Documents published to `{prefix}/{site}/config/set`, for the remote configuration task.
-    pub config_set: mpsc::Sender<Vec<u8>>,
+    /// The latest document published to `{prefix}/{site}/config/set`, for the remote
+    /// configuration task.
+    pub config_set: watch::Sender<Option<Vec<u8>>>,
     /// Its outcomes, to publish retained to `{prefix}/{site}/config/status`.
     pub config_status: mpsc::Receiver<Vec<u8>>,
+    /// The latest outcome, published again after every (re)connection: one whose PUBACK a
+    /// dropped connection took is not lost.
+    pub last_config_status: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 /// The upstream settings a pushed configuration may change while running.
@@ -286,9 +290,10 @@ impl Upstream {
                 // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped. Waits in the
                 // channel while disconnected.
                 Some(body) = self.config_status.recv(), if conn.connected => {
-                    if client.try_publish(self.config_topic("status"), QoS::AtLeastOnce, true, body).is_ok() {
-                        conn.awaiting.push_back(Sent::Status);
+                    if let Ok(mut last) = self.last_config_status.lock() {
+                        *last = Some(body);
                     }
+                    self.publish_config_status(&client, &mut conn);
                 }
                 // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
                 r = status_changes.changed(), if conn.connected => {
@@ -337,6 +342,7 @@ impl Upstream {
                         tracing::warn!("subscribing to {topic}: {e}");
                     }
                 }
+                self.publish_config_status(client, conn);
                 self.publish_status(client, conn).await;
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -437,18 +443,26 @@ impl Upstream {
     }
 
     /// Hands a document published to `{prefix}/{site}/config/set` to the remote configuration
-    /// task (the newest wins if it is still busy with one).
+    /// task (the newest replaces one it has not read yet).
     fn forward_config(&self, ev: &Event) {
         let Event::Incoming(Packet::Publish(p)) = ev else {
             return;
         };
-        if p.topic == self.config_topic("set")
-            && self.config_set.try_send(p.payload.to_vec()).is_err()
-        {
-            tracing::warn!(
-                "{}: a configuration document arrived while several wait; it is dropped (the retained one comes again at the next connection)",
-                self.config_topic("set")
-            );
+        if p.topic == self.config_topic("set") {
+            self.config_set.send_replace(Some(p.payload.to_vec()));
+        }
+    }
+
+    /// Publishes the latest configuration outcome, retained.
+    fn publish_config_status(&self, client: &AsyncClient, conn: &mut Conn) {
+        let body = self.last_config_status.lock().ok().and_then(|l| l.clone());
+        if let Some(body) = body {
+            if client
+                .try_publish(self.config_topic("status"), QoS::AtLeastOnce, true, body)
+                .is_ok()
+            {
+                conn.awaiting.push_back(Sent::Status);
+            }
         }
     }
 

@@ -21,7 +21,8 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{
     check, ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
-    DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, Subscribe, SubscribeReasonCode,
+    DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, RetainForwardRule, Subscribe,
+    SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
 use rustls::pki_types::ServerName;
@@ -135,15 +136,16 @@ pub struct Link {
 
 impl Link {
     /// Connects and waits for the broker to accept: the CONNACK, whose `session_present`
-    /// tells whether the broker kept our session.
+    /// tells whether the broker kept our session. Each step (TCP, TLS, CONNACK) has
+    /// `NETWORK_TIMEOUT` and is named if it runs out.
     pub async fn connect(s: &Settings) -> Result<(Link, ConnAck), LinkError> {
-        tokio::time::timeout(NETWORK_TIMEOUT, Link::handshake(s))
-            .await
-            .map_err(|_| LinkError::Timeout("CONNACK", NETWORK_TIMEOUT))?
-    }
-
-    async fn handshake(s: &Settings) -> Result<(Link, ConnAck), LinkError> {
-        let tcp = TcpStream::connect((s.host.as_str(), s.port)).await?;
+        let step = |what: &'static str| move |_| LinkError::Timeout(what, NETWORK_TIMEOUT);
+        let tcp = tokio::time::timeout(
+            NETWORK_TIMEOUT,
+            TcpStream::connect((s.host.as_str(), s.port)),
+        )
+        .await
+        .map_err(step("TCP connection (a firewall or a wrong host?)"))??;
         tcp.set_nodelay(true)?;
         let stream: Box<dyn Io> = match &s.tls {
             None => Box::new(tcp),
@@ -152,9 +154,18 @@ impl Link {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("host name: {e}"))
                 })?;
                 let connector = tokio_rustls::TlsConnector::from(Arc::new(config.clone()));
-                Box::new(connector.connect(name, tcp).await?)
+                let tls = tokio::time::timeout(NETWORK_TIMEOUT, connector.connect(name, tcp))
+                    .await
+                    .map_err(step("TLS handshake"))??;
+                Box::new(tls)
             }
         };
+        tokio::time::timeout(NETWORK_TIMEOUT, Link::handshake(s, stream))
+            .await
+            .map_err(step("CONNACK"))?
+    }
+
+    async fn handshake(s: &Settings, stream: Box<dyn Io>) -> Result<(Link, ConnAck), LinkError> {
         let mut link = Link {
             stream,
             input: BytesMut::with_capacity(16 * 1024),
@@ -194,8 +205,12 @@ impl Link {
                         .and_then(|p| p.reason_string.clone());
                     return Err(LinkError::Refused(ack.code, reason));
                 }
+                // A broker may ask for a keep-alive of its own; 0 (none) leaves ours, which
+                // the PINGREQs of the flow control need anyway.
                 if let Some(k) = ack.properties.as_ref().and_then(|p| p.server_keep_alive) {
-                    link.keep_alive_every = Duration::from_secs(u64::from(k));
+                    if k > 0 {
+                        link.keep_alive_every = Duration::from_secs(u64::from(k));
+                    }
                 }
                 return Ok((link, ack));
             }
@@ -206,35 +221,36 @@ impl Link {
     /// Subscribes to `topics` with QoS 1. The SUBACK comes back through [`Link::try_next`],
     /// which turns a refused filter into an error.
     pub async fn subscribe(&mut self, topics: &[String]) -> Result<(), LinkError> {
-        let filters = topics
-            .iter()
-            .map(|t| Filter::new(t.clone(), QoS::AtLeastOnce));
+        // Retained messages only when the subscription is new, not again at every reconnect
+        // (each copy would be stored as a new reading).
+        let filters = topics.iter().map(|t| Filter {
+            retain_forward_rule: RetainForwardRule::OnNewSubscribe,
+            ..Filter::new(t.clone(), QoS::AtLeastOnce)
+        });
         let mut subscribe = Subscribe::new_many(filters, None);
         subscribe.pkid = 1;
         self.subscribing = Some((subscribe.pkid, topics.to_vec()));
         self.send(Packet::Subscribe(subscribe)).await
     }
 
-    /// The next complete packet already read, if any. SUBACK is handled here; a refused
-    /// subscription and a DISCONNECT from the broker are errors.
+    /// The next complete packet already read, if any. A refused subscription and a
+    /// DISCONNECT from the broker are errors; an accepted SUBACK is passed on.
     pub fn try_next(&mut self) -> Result<Option<Packet>, LinkError> {
-        loop {
-            let Some(packet) = self.read_packet()? else {
-                return Ok(None);
-            };
-            match &packet {
-                Packet::PingResp(_) => {
-                    self.pings.pop_front();
-                    return Ok(Some(packet));
-                }
-                Packet::SubAck(ack) => self.check_suback(ack.pkid, &ack.return_codes)?,
-                Packet::Disconnect(d) => {
-                    let reason = d.properties.as_ref().and_then(|p| p.reason_string.clone());
-                    return Err(LinkError::Disconnected(d.reason_code, reason));
-                }
-                _ => return Ok(Some(packet)),
+        let Some(packet) = self.read_packet()? else {
+            return Ok(None);
+        };
+        match &packet {
+            Packet::PingResp(_) => {
+                self.pings.pop_front();
             }
+            Packet::SubAck(ack) => self.check_suback(ack.pkid, &ack.return_codes)?,
+            Packet::Disconnect(d) => {
+                let reason = d.properties.as_ref().and_then(|p| p.reason_string.clone());
+                return Err(LinkError::Disconnected(d.reason_code, reason));
+            }
+            _ => {}
         }
+        Ok(Some(packet))
     }
 
     fn read_packet(&mut self) -> Result<Option<Packet>, LinkError> {
@@ -243,13 +259,17 @@ impl Link {
             Err(CodecError::InsufficientBytes(_)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        // A DISCONNECT with nothing after its fixed header is a normal disconnection in MQTT 5;
-        // the codec wants a reason code.
-        if self.input.first() == Some(&0xE0) && header.frame_length() == 2 {
-            self.input.advance(2);
-            return Ok(Some(Packet::Disconnect(Disconnect::new(
-                DisconnectReasonCode::NormalDisconnection,
-            ))));
+        // A DISCONNECT with nothing after its fixed header is a normal disconnection in MQTT 5,
+        // and one with a reason code alone (mosquitto: "session taken over") is complete too;
+        // the codec wants a reason code and a property length.
+        if self.input.first() == Some(&0xE0) && header.frame_length() <= 3 {
+            let reason = match self.input.get(2) {
+                Some(code) => DisconnectReasonCode::try_from(*code)
+                    .map_err(|e| LinkError::Protocol(e.to_string()))?,
+                None => DisconnectReasonCode::NormalDisconnection,
+            };
+            self.input.advance(header.frame_length());
+            return Ok(Some(Packet::Disconnect(Disconnect::new(reason))));
         }
         Ok(Some(Packet::read(&mut self.input, Some(self.max_packet))?))
     }
@@ -500,7 +520,8 @@ mod tests {
             };
             let paths: Vec<&str> = sub.filters.iter().map(|f| f.path.as_str()).collect();
             assert_eq!(paths, ["site/scan", "site/secret/#"]);
-            assert!(sub.filters.iter().all(|f| f.qos == QoS::AtLeastOnce));
+            assert!(sub.filters.iter().all(|f| f.qos == QoS::AtLeastOnce
+                && f.retain_forward_rule == RetainForwardRule::OnNewSubscribe));
             peer.send(Packet::SubAck(SubAck {
                 pkid: sub.pkid,
                 return_codes: vec![
@@ -558,6 +579,45 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_disconnect_with_a_reason_code_alone_keeps_its_reason() {
+        let (mut link, _) = with_peer(settings(0), |mut peer| async move {
+            peer.next().await;
+            peer.send(connack(ConnectReturnCode::Success, None, None))
+                .await;
+            // mosquitto's "session taken over": reason 0x8E, no property length.
+            peer.stream.write_all(&[0xE0, 0x01, 0x8E]).await.unwrap();
+        })
+        .await
+        .unwrap();
+        let e = loop {
+            match link.try_next() {
+                Ok(None) => link.fill().await.unwrap(),
+                Ok(Some(p)) => panic!("unexpected {p:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(
+                e,
+                LinkError::Disconnected(DisconnectReasonCode::SessionTakenOver, None)
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_keep_alive_of_zero_leaves_ours() {
+        let (link, _) = with_peer(settings(0), |mut peer| async move {
+            peer.next().await;
+            peer.send(connack(ConnectReturnCode::Success, Some(0), None))
+                .await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(link.keep_alive_every, Duration::from_secs(30));
     }
 
     #[tokio::test]

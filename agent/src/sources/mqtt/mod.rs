@@ -35,12 +35,6 @@ const SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 type Unacked = VecDeque<(oneshot::Receiver<Appended>, u16)>;
 
 impl MqttSource {
-    fn client_id(&self, site: &str) -> String {
-        self.client_id
-            .clone()
-            .unwrap_or_else(|| format!("edge-agent-{site}-{}", self.id))
-    }
-
     /// Connection settings, with TLS settings and credentials read from their files now.
     /// `key` names this source's keys in messages (`sources.mqtt[N]`).
     fn settings(&self, site: &str, key: &str) -> Result<Settings, String> {
@@ -52,7 +46,7 @@ impl MqttSource {
             host: addr.host,
             port: addr.port,
             tls: access.tls.take(),
-            client_id: self.client_id(site),
+            client_id: self.effective_client_id(site),
             login: access.credentials(),
             keep_alive: Duration::from_secs(30),
             session_expiry: SESSION_EXPIRY,
@@ -77,6 +71,9 @@ impl MqttSource {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         // While the buffer refuses readings, look again soon: room comes back as upstream drains.
         let mut full_backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+        // After a refusal the source shows open again only once a reading is stored, not at
+        // every reconnect while the buffer is still full.
+        let mut refused = false;
         loop {
             let delay = match self.settings(&site, &key) {
                 Err(why) => {
@@ -84,7 +81,11 @@ impl MqttSource {
                     backoff.next_delay()
                 }
                 Ok(settings) => {
-                    match self.session(&settings, &mut norm, &ctx, &mut backoff).await {
+                    let outcome = self
+                        .session(&settings, &mut norm, &ctx, &mut backoff, refused)
+                        .await;
+                    refused = matches!(outcome, Ok(Exit::Refused));
+                    match outcome {
                         Ok(Exit::Shutdown) => return,
                         Ok(Exit::Refused) => {
                             let why = format!(
@@ -119,6 +120,7 @@ impl MqttSource {
         norm: &mut Normalizer,
         ctx: &SourceContext,
         backoff: &mut Backoff,
+        after_refusal: bool,
     ) -> Result<Exit, LinkError> {
         let (mut link, ack) = tokio::select! {
             // Cancel-safe enough: an abandoned connection attempt is simply closed.
@@ -126,16 +128,15 @@ impl MqttSource {
             _ = ctx.shutdown.cancelled() => return Ok(Exit::Shutdown),
         };
         backoff.reset();
-        ctx.status.set_source(
-            &self.id,
-            SourceState::Open,
-            format!(
-                "subscribed at {} (session present: {})",
-                self.url, ack.session_present
-            ),
-        );
-        tracing::info!(source = %self.id, "connected to site broker {}", self.url);
+        tracing::debug!(source = %self.id, "connected to site broker {} (session present: {})", self.url, ack.session_present);
         link.subscribe(&self.topics).await?;
+        let opened = format!(
+            "subscribed at {} (session present: {})",
+            self.url, ack.session_present
+        );
+        // Shown open once the broker accepted the subscriptions (after a refusal: once a
+        // reading is stored again).
+        let mut shown_open = false;
         let window = u64::from(self.receive_maximum);
         let mut unacked = Unacked::new();
         let mut read = Received::default();
@@ -149,8 +150,23 @@ impl MqttSource {
             while read.bytes < HELD_BYTES {
                 match link.try_next()? {
                     None => break,
-                    Some(Packet::Publish(p)) => read.push(p),
+                    Some(Packet::Publish(p)) if self.wants(&p.topic) => read.push(p),
+                    // A filter this source no longer has, kept by the broker's session: the
+                    // message is not ours to store.
+                    Some(Packet::Publish(p)) => {
+                        tracing::debug!(source = %self.id, "ignoring a message on {:?}, which is not in topics", String::from_utf8_lossy(&p.topic));
+                        if p.qos != QoS::AtMostOnce {
+                            link.ack(p.pkid)?;
+                            link.flush().await?;
+                        }
+                    }
                     Some(Packet::PingResp(_)) => flow.pong(),
+                    Some(Packet::SubAck(_)) if !after_refusal => {
+                        shown_open = true;
+                        ctx.status
+                            .set_source(&self.id, SourceState::Open, opened.clone());
+                        tracing::info!(source = %self.id, "subscribed at site broker {}", self.url);
+                    }
                     Some(other) => {
                         tracing::debug!(source = %self.id, "ignoring {other:?} from the site broker")
                     }
@@ -172,6 +188,10 @@ impl MqttSource {
                 // Cancel-safe: awaiting `&mut Receiver` leaves it in place if not ready.
                 outcome = oldest(&mut unacked), if !unacked.is_empty() => {
                     let (acked, refused) = self.ack_committed(&mut link, &mut unacked, outcome)?;
+                    if acked > 0 && !shown_open {
+                        shown_open = true;
+                        ctx.status.set_source(&self.id, SourceState::Open, opened.clone());
+                    }
                     if acked > 0 {
                         flow.acked(acked);
                         // Confirms them once the broker answers.
@@ -274,6 +294,21 @@ impl MqttSource {
         .await;
     }
 
+    /// Whether a message on `topic` is for this source: it matches one of `topics` (a shared
+    /// subscription `$share/GROUP/FILTER` matches as FILTER).
+    fn wants(&self, topic: &[u8]) -> bool {
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return false;
+        };
+        self.topics.iter().any(|f| {
+            let filter = f
+                .strip_prefix("$share/")
+                .and_then(|rest| rest.split_once('/'))
+                .map_or(f.as_str(), |(_, filter)| filter);
+            rumqttc::v5::mqttbytes::matches(topic, filter)
+        })
+    }
+
     /// `sources.mqtt[N]`: how this source's keys are named in messages.
     fn key(&self, ctx: &SourceContext) -> String {
         match ctx.config.sources.mqtt.iter().position(|s| s.id == self.id) {
@@ -300,6 +335,12 @@ impl MqttSource {
             LinkError::Refused(..) => {
                 format!("{what}: {e}; check credentials and {key}.client_id")
             }
+            LinkError::Disconnected(
+                rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
+                _,
+            ) => {
+                format!("{what}: {e}: another client connected with the same client id; give each agent and source its own {key}.client_id")
+            }
             LinkError::Subscription(..) => {
                 format!(
                     "{what}: {e}; check {key}.topics and the broker's access rules for this client"
@@ -324,8 +365,9 @@ async fn oldest(unacked: &mut Unacked) -> Option<Appended> {
 /// starts over (the broker redelivers; nothing is lost).
 const HELD_BYTES: usize = 8 << 20;
 
-/// Messages read from the broker and not yet handed to the writer. Losing them loses nothing:
-/// the broker redelivers what we never acknowledged.
+/// Messages read from the broker and not yet handed to the writer. Losing them (a dropped
+/// connection, a stop) loses nothing at QoS 1: the broker redelivers what we never
+/// acknowledged. QoS 0 messages have no redelivery, as QoS 0 allows.
 #[derive(Default)]
 struct Received {
     queue: VecDeque<Publish>,
