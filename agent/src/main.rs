@@ -96,6 +96,11 @@ enum ConfigCommand {
         /// For mqtts://: the CA that signed the broker's certificate.
         #[arg(long, value_name = "PATH")]
         ca_file: Option<PathBuf>,
+        /// Mutual TLS: this client's certificate (with --key-file).
+        #[arg(long, value_name = "PATH")]
+        cert_file: Option<PathBuf>,
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
         #[arg(long)]
         username: Option<String>,
         #[arg(long, value_name = "PATH")]
@@ -180,6 +185,8 @@ fn config_command(c: ConfigCommand) -> ExitCode {
             topic_prefix,
             site,
             ca_file,
+            cert_file,
+            key_file,
             username,
             password_file,
             file,
@@ -191,6 +198,8 @@ fn config_command(c: ConfigCommand) -> ExitCode {
                     topic_prefix,
                     site,
                     ca_file,
+                    cert_file,
+                    key_file,
                     username,
                     password_file,
                 };

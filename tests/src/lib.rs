@@ -336,25 +336,48 @@ pub struct Agent {
     pub socket: PathBuf,
     pub storage: PathBuf,
     child: Option<Child>,
+    /// Runs as this uid and gid (no supplementary groups) instead of the test's user.
+    run_as: Option<u32>,
 }
 
 impl Agent {
+    /// Like [`Agent::start`], but the agent runs as user and group `id` with no supplementary
+    /// groups (a service user outside dialout), its directory handed to that user. Needs root
+    /// and setpriv (util-linux), as CI has.
+    pub fn start_as(config: &str, id: u32) -> Result<Agent> {
+        let mut a = Agent::prepare(config)?;
+        for path in [a.dir.path(), a.config.as_path()] {
+            std::os::unix::fs::chown(path, Some(id), Some(id))
+                .context("handing the agent's directory to another user needs root, as CI has")?;
+        }
+        // A copy the user can run wherever the checkout is (/root is not open to others).
+        std::fs::copy(agent_bin(), a.dir.path().join("edge-agent"))?;
+        a.run_as = Some(id);
+        a.restart()?;
+        Ok(a)
+    }
+
     /// Writes `config` (with `{dir}` replaced by the temp dir) and starts the agent.
     pub fn start(config: &str) -> Result<Agent> {
+        let mut a = Agent::prepare(config)?;
+        a.restart()?;
+        Ok(a)
+    }
+
+    fn prepare(config: &str) -> Result<Agent> {
         let dir = tempfile::tempdir()?;
         let d = dir.path().display().to_string();
         let text = config.replace("{dir}", &d);
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, text)?;
-        let mut a = Agent {
+        Ok(Agent {
             socket: dir.path().join("control.sock"),
             storage: dir.path().join("buffer.redb"),
             config: path,
             dir,
             child: None,
-        };
-        a.restart()?;
-        Ok(a)
+            run_as: None,
+        })
     }
 
     /// Starts the agent (again) with the same files.
@@ -363,7 +386,18 @@ impl Agent {
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))?;
-        let child = Command::new(agent_bin())
+        let mut command = match self.run_as {
+            None => Command::new(agent_bin()),
+            Some(id) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={id}"))
+                    .arg(format!("--regid={id}"))
+                    .arg("--clear-groups")
+                    .arg(self.dir.path().join("edge-agent"));
+                c
+            }
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)

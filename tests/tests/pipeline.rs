@@ -684,3 +684,36 @@ fn a_topic_taken_out_of_the_config_stops_and_a_retained_message_is_stored_once()
     );
     Ok(())
 }
+
+/// A service user outside the dialout group: the port is there but may not be opened. The
+/// operator is told exactly that, and what to do.
+#[test]
+fn a_port_the_service_user_may_not_open_says_to_add_it_to_dialout() -> Result<()> {
+    let central = Broker::start()?;
+    let pty = Pty::open()?;
+    // Only root may open it, as a tty of group dialout with mode 0660 is to anyone else.
+    std::fs::set_permissions(
+        &pty.path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let src = format!(
+        "[[sources.serial]]\nid = \"scanner-locked\"\npath = \"{}\"\nbaud = 9600\ndecoder = \"barcode\"\n",
+        pty.path.display()
+    );
+    const NOBODY: u32 = 65534;
+    let agent = Agent::start_as(&config(&central, &src), NOBODY)?;
+    let s = agent.wait_source("scanner-locked", "retrying")?;
+    let detail = s["sources"]["scanner-locked"]["detail"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    ensure!(
+        detail
+            == format!(
+                "serial port {} (source scanner-locked): permission denied; add the service user to group dialout",
+                pty.path.display()
+            ),
+        "{detail}"
+    );
+    Ok(())
+}

@@ -458,3 +458,53 @@ fn a_push_that_stops_the_agent_twice_while_confirming_is_given_up() -> Result<()
     ensure!(status["config_version"].is_null(), "{status}");
     Ok(())
 }
+
+#[test]
+fn config_push_names_its_flags_when_tls_settings_are_missing_or_half_given() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let (secret, _) = keygen(keys.path(), "central.key")?;
+    let file = keys.path().join("ops.toml");
+    std::fs::write(&file, "")?;
+    let (code, signed, err) = run_cli(
+        &[
+            "config",
+            "sign",
+            "--key",
+            &secret.to_string_lossy(),
+            "--version",
+            "1",
+            &file.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    ensure!(code == 0, "{err}");
+    let doc = keys.path().join("v1.json");
+    std::fs::write(&doc, signed.trim())?;
+    let doc = doc.to_string_lossy().to_string();
+    let push = |extra: &[&str]| -> Result<(i32, String)> {
+        let mut args = vec![
+            "config",
+            "push",
+            "--url",
+            "mqtts://127.0.0.1:1",
+            "--site",
+            SITE,
+        ];
+        args.extend_from_slice(extra);
+        args.push(&doc);
+        let (code, _, err) = run_cli(&args, &[])?;
+        Ok((code, err))
+    };
+    let (code, err) = push(&[])?;
+    ensure!(
+        code == 1 && err.contains("--ca-file: required for mqtts://"),
+        "{code} {err}"
+    );
+    let cert = secret.to_string_lossy().to_string();
+    let (code, err) = push(&["--ca-file", &cert, "--cert-file", &cert])?;
+    ensure!(
+        code == 1 && err.contains("--cert-file") && err.contains("--key-file"),
+        "{code} {err}"
+    );
+    Ok(())
+}

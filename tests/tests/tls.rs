@@ -493,3 +493,73 @@ fn check_config_names_a_missing_ca_file_and_warns_about_a_key_readable_by_others
     );
     Ok(())
 }
+
+#[test]
+fn config_push_reaches_a_mutual_tls_broker_and_says_which_flag_is_missing_without_a_certificate(
+) -> Result<()> {
+    let pki = Pki::make()?;
+    let tls_port = free_port();
+    let broker = Broker::start_with(
+        &pki.listener(tls_port, "allow_anonymous true\nrequire_certificate true\n"),
+    )?;
+    let keys = tempfile::tempdir()?;
+    let key = keys.path().join("central.key");
+    let (code, _, err) = run_cli(&["config", "keygen", "--out", &key.to_string_lossy()], &[])?;
+    ensure!(code == 0, "{err}");
+    let ops = keys.path().join("ops.toml");
+    std::fs::write(&ops, "[upstream]\nreplay_rate = 100\n")?;
+    let (code, signed, err) = run_cli(
+        &[
+            "config",
+            "sign",
+            "--key",
+            &key.to_string_lossy(),
+            "--version",
+            "4",
+            &ops.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    ensure!(code == 0, "{err}");
+    let doc = keys.path().join("v4.json");
+    std::fs::write(&doc, signed.trim())?;
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+    let ca = pki.path("ca.crt").display().to_string();
+    let cert = pki.path("client.crt").display().to_string();
+    let client_key = pki.path("client.key").display().to_string();
+    let doc = doc.to_string_lossy().to_string();
+    let base = [
+        "config",
+        "push",
+        "--url",
+        &url,
+        "--site",
+        "dc-test-01",
+        "--ca-file",
+        &ca,
+    ];
+
+    let mut bare: Vec<&str> = base.to_vec();
+    bare.push(&doc);
+    let (code, _, err) = run_cli(&bare, &[])?;
+    ensure!(
+        code == 1 && err.contains("client certificate") && err.contains("--cert-file"),
+        "without a client certificate: {code} {err}"
+    );
+
+    let mut full: Vec<&str> = base.to_vec();
+    full.extend_from_slice(&["--cert-file", &cert, "--key-file", &client_key, &doc]);
+    let (code, out, err) = run_cli(&full, &[])?;
+    ensure!(code == 0, "{err}");
+    ensure!(
+        out.contains("pushed version 4 to edge/dc-test-01/config/set"),
+        "{out}"
+    );
+    // Retained: a subscriber that comes later still gets it.
+    let later = Collector::subscribe(broker.port, "edge/+/config/set")?;
+    let got = wait_for("the retained document", DEADLINE, || {
+        later.all().into_iter().next()
+    })?;
+    ensure!(got.json()["version"] == 4, "{:?}", got.json());
+    Ok(())
+}

@@ -20,8 +20,23 @@ pub struct Target {
     pub site: String,
     /// For `mqtts://`: the CA that signed the broker's certificate.
     pub ca_file: Option<PathBuf>,
+    /// For mutual TLS: our certificate and its key (both or neither).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
+}
+
+/// How TLS messages name this command's settings; [`flags`] turns them into its flags.
+const KEY: &str = "config push";
+
+/// `config push.ca_file` becomes `--ca-file`, and so on.
+fn flags(message: String) -> String {
+    ["url", "ca_file", "cert_file", "key_file", "password_file"]
+        .iter()
+        .fold(message, |m, k| {
+            m.replace(&format!("{KEY}.{k}"), &format!("--{}", k.replace('_', "-")))
+        })
 }
 
 /// The topic a site reads pushed configuration from.
@@ -34,15 +49,16 @@ pub async fn push(target: &Target, doc: &[u8]) -> Result<String, String> {
     let parsed = SignedDoc::parse(doc)?;
     let addr = parse_mqtt_url(&target.url)?;
     let access = BrokerAccess {
-        key: "--url".into(),
+        key: KEY.into(),
         url: target.url.clone(),
         ca_file: target.ca_file.clone(),
-        cert_file: None,
-        key_file: None,
+        cert_file: target.cert_file.clone(),
+        key_file: target.key_file.clone(),
         username: target.username.clone(),
         password_file: target.password_file.clone(),
     };
-    let mut access = Access::prepare(&access, addr.tls)?;
+    // The keys named in messages are this command's flags.
+    let mut access = Access::prepare(&access, addr.tls).map_err(flags)?;
     let mut opts = MqttOptions::new(
         format!("edge-agent-config-push-{}", std::process::id()),
         addr.host,
@@ -69,7 +85,20 @@ pub async fn push(target: &Target, doc: &[u8]) -> Result<String, String> {
                 Ok(Event::Outgoing(Outgoing::Publish(id))) => pkid = Some(id),
                 Ok(Event::Incoming(Packet::PubAck(ack))) if Some(ack.pkid) == pkid => return Ok(()),
                 Ok(_) => {}
-                Err(e) => return Err(format!("broker {}: {e}", target.url)),
+                Err(rumqttc::ConnectionError::Io(e))
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                {
+                    return Err(format!(
+                        "broker {}: connection refused; is the broker running and listening there?",
+                        target.url
+                    ))
+                }
+                Err(e) => {
+                    let why = crate::tls::explain(&e, KEY)
+                        .map(flags)
+                        .unwrap_or_else(|| e.to_string());
+                    return Err(format!("broker {}: {why}", target.url));
+                }
             }
         }
     };
