@@ -682,6 +682,14 @@ fn a_topic_taken_out_of_the_config_stops_and_a_retained_message_is_stored_once()
         codes.iter().filter(|c| c.starts_with("LPN-NEW-")).count() == 2,
         "{codes:?}"
     );
+    // The old subscription was dropped at the first start with the new topics, so the
+    // broker never sent the messages on site/old at all.
+    let log = agent.log();
+    ensure!(
+        log.matches("unsubscribing from site/old").count() == 1,
+        "{log}"
+    );
+    ensure!(!log.contains("ignoring messages on"), "{log}");
     Ok(())
 }
 

@@ -22,7 +22,7 @@ use bytes::{Buf, BytesMut};
 use rumqttc::v5::mqttbytes::v5::{
     check, ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
     DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, RetainForwardRule, Subscribe,
-    SubscribeReasonCode,
+    SubscribeReasonCode, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
 use rustls::pki_types::ServerName;
@@ -231,6 +231,17 @@ impl Link {
         subscribe.pkid = 1;
         self.subscribing = Some((subscribe.pkid, topics.to_vec()));
         self.send(Packet::Subscribe(subscribe)).await
+    }
+
+    /// Unsubscribes from `topics` (filters this client no longer wants that the broker's
+    /// session may still hold). The UNSUBACK comes back through [`Link::try_next`].
+    pub async fn unsubscribe(&mut self, topics: &[String]) -> Result<(), LinkError> {
+        let unsubscribe = Unsubscribe {
+            pkid: 2,
+            filters: topics.to_vec(),
+            properties: None,
+        };
+        self.send(Packet::Unsubscribe(unsubscribe)).await
     }
 
     /// The next complete packet already read, if any. A refused subscription and a

@@ -10,6 +10,7 @@
 //! with brokers that send past the Receive Maximum we announce. The connection is in `link`.
 
 mod link;
+mod subscriptions;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -129,6 +130,17 @@ impl MqttSource {
         };
         backoff.reset();
         tracing::debug!(source = %self.id, "connected to site broker {} (session present: {})", self.url, ack.session_present);
+        // Filters an earlier configuration subscribed to: the broker's session still has them.
+        let memory = subscriptions::path_for(&ctx.config.storage.resolved_path());
+        let session = subscriptions::session_key(&self.url, &settings.client_id);
+        let stale: Vec<String> = subscriptions::load(&memory, &session)
+            .into_iter()
+            .filter(|t| !self.topics.contains(t))
+            .collect();
+        if !stale.is_empty() {
+            tracing::info!(source = %self.id, "unsubscribing from {}, no longer in topics", stale.join(", "));
+            link.unsubscribe(&stale).await?;
+        }
         link.subscribe(&self.topics).await?;
         let opened = format!(
             "subscribed at {} (session present: {})",
@@ -137,6 +149,8 @@ impl MqttSource {
         // Shown open once the broker accepted the subscriptions (after a refusal: once a
         // reading is stored again).
         let mut shown_open = false;
+        // Topics whose messages were ignored (logged once each per session).
+        let mut ignored = std::collections::HashSet::new();
         let window = u64::from(self.receive_maximum);
         let mut unacked = Unacked::new();
         let mut read = Received::default();
@@ -154,14 +168,18 @@ impl MqttSource {
                     // A filter this source no longer has, kept by the broker's session: the
                     // message is not ours to store.
                     Some(Packet::Publish(p)) => {
-                        tracing::debug!(source = %self.id, "ignoring a message on {:?}, which is not in topics", String::from_utf8_lossy(&p.topic));
+                        if ignored.insert(p.topic.clone()) {
+                            tracing::info!(source = %self.id, "ignoring messages on {:?}, which is not in topics", String::from_utf8_lossy(&p.topic));
+                        }
                         if p.qos != QoS::AtMostOnce {
                             link.ack(p.pkid)?;
                             link.flush().await?;
                         }
                     }
                     Some(Packet::PingResp(_)) => flow.pong(),
+                    Some(Packet::SubAck(_)) if after_refusal => self.remember(&memory, &session),
                     Some(Packet::SubAck(_)) if !after_refusal => {
+                        self.remember(&memory, &session);
                         shown_open = true;
                         ctx.status
                             .set_source(&self.id, SourceState::Open, opened.clone());
@@ -292,6 +310,13 @@ impl MqttSource {
             link.disconnect().await
         })
         .await;
+    }
+
+    /// Records the filters the broker accepted, for the next session's UNSUBSCRIBE.
+    fn remember(&self, memory: &std::path::Path, session: &str) {
+        if let Err(e) = subscriptions::save(memory, session, &self.topics) {
+            tracing::warn!(source = %self.id, "recording subscriptions in {}: {e}", memory.display());
+        }
     }
 
     /// Whether a message on `topic` is for this source: it matches one of `topics` (a shared
@@ -439,6 +464,35 @@ enum Exit {
 #[cfg(test)]
 mod tests {
     use super::Flow;
+
+    #[test]
+    fn a_message_is_ours_when_its_topic_matches_a_filter_shared_or_not() {
+        let config = crate::config::load_str(
+            r#"
+[site]
+id = "dc-test-01"
+[upstream]
+url = "mqtt://central:1883"
+[[stations]]
+id = "sort-01"
+role = "sorting"
+[[sources.mqtt]]
+id = "sorter"
+url = "mqtt://site:1883"
+topics = ["site/sorter/+/telegram", "$share/edge/site/plc/#"]
+decoder = "barcode"
+station = "sort-01"
+"#,
+            "test",
+        )
+        .unwrap();
+        let source = &config.sources.mqtt[0];
+        assert!(source.wants(b"site/sorter/7/telegram"));
+        assert!(source.wants(b"site/plc/line-2/state"));
+        assert!(!source.wants(b"site/sorter/7/other"));
+        assert!(!source.wants(b"site/old"));
+        assert!(!source.wants(b"\xff\xfe"));
+    }
 
     #[test]
     fn the_window_opens_on_what_the_broker_confirmed_not_on_what_was_written() {
