@@ -3,6 +3,8 @@
 //! Also the drain rate of a backlog built while central was down. Prints a table.
 //!
 //! cargo build --release -p edge-agent && cargo bench -p edge-tests --bench e2e
+//!
+//! `RECEIVE_MAXIMUM=20 cargo bench ...` sets the MQTT source's window (default: the agent's).
 
 use std::time::{Duration, Instant};
 
@@ -32,12 +34,21 @@ url = "{}"
 topics = ["bench/scan"]
 decoder = "barcode"
 station = "pack-01"
+{window}
 [control]
 socket = "{{dir}}/control.sock"
 "#,
         central.url(),
-        site.url()
+        site.url(),
+        window = receive_maximum()
+            .map(|n| format!("receive_maximum = {n}"))
+            .unwrap_or_default()
     )
+}
+
+/// `RECEIVE_MAXIMUM` from the environment, if set.
+fn receive_maximum() -> Option<u16> {
+    std::env::var("RECEIVE_MAXIMUM").ok()?.parse().ok()
 }
 
 fn publish_all(device: &Collector, n: usize, tag: &str) -> Result<f64> {
@@ -55,7 +66,10 @@ fn main() -> Result<()> {
     let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
     let agent = Agent::start(&config(&site, &central))?;
     agent.wait_source("scanner", "open")?;
-    println!("end to end through two mosquitto brokers (QoS 1 in and out), {N} readings");
+    println!(
+        "end to end through two mosquitto brokers (QoS 1 in and out), {N} readings, receive_maximum {}",
+        receive_maximum().map_or("default (100)".into(), |n| n.to_string())
+    );
     println!("{:<48} {:>12}", "measure", "value");
 
     // Live: device → site broker → agent (stored, acked) → central.

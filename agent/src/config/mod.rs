@@ -581,7 +581,7 @@ mod defaults {
         Span(Duration::from_secs(10))
     }
     pub fn receive_maximum() -> u16 {
-        100
+        20
     }
     pub fn no_read() -> String {
         "NOREAD".into()
