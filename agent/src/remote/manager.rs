@@ -122,16 +122,16 @@ impl Manager {
                 "the agent stopped twice while confirming it; kept {}",
                 self.good_name()
             );
-            self.record(doc.clone(), Fate::RolledBack, &why, 0);
+            self.record(doc.clone(), Fate::RolledBack, &why, 0).await;
             return self.report(Some(doc.version), Fate::RolledBack, &why);
         }
         if let Err(why) = doc.verify(&self.file.control.trusted_keys) {
-            self.record(doc.clone(), Fate::Rejected, &why, 0);
+            self.record(doc.clone(), Fate::Rejected, &why, 0).await;
             return self.report(Some(doc.version), Fate::Rejected, &why);
         }
         match merge(&self.file, &doc.toml) {
             Ok(config) => self.apply(doc, config, resumed + 1).await,
-            Err(why) => self.reject(doc, why),
+            Err(why) => self.reject(doc, why).await,
         }
     }
 
@@ -157,18 +157,19 @@ impl Manager {
                 "version {} is not above {applied}, the version applied; sign it with a higher --version",
                 doc.version
             );
-            return self.reject(doc, why);
+            return self.reject(doc, why).await;
         }
         match merge(&self.file, &doc.toml) {
             Ok(config) => self.apply(doc, config, 0).await,
-            Err(why) => self.reject(doc, why),
+            Err(why) => self.reject(doc, why).await,
         }
     }
 
     /// `resumed`: how many starts found it confirming before (0 for a new push).
     async fn apply(&mut self, doc: SignedDoc, config: Config, resumed: u32) {
         let version = doc.version;
-        self.record(doc.clone(), Fate::Confirming, "", resumed);
+        self.record(doc.clone(), Fate::Confirming, "", resumed)
+            .await;
         let config = Arc::new(config);
         tracing::info!("applying pushed configuration version {version}");
         let Some(started) = self.switch_to(config).await else {
@@ -178,7 +179,7 @@ impl Manager {
             Confirmed::Yes => {
                 self.status.set_config_version(Some(version));
                 self.state.good = Some(doc.clone());
-                self.record(doc, Fate::Applied, "", 0);
+                self.record(doc, Fate::Applied, "", 0).await;
                 tracing::info!("pushed configuration version {version} applied");
                 self.report(Some(version), Fate::Applied, "");
             }
@@ -188,7 +189,7 @@ impl Manager {
                     return;
                 }
                 let why = format!("{why}; rolled back to {}", self.good_name());
-                self.record(doc, Fate::RolledBack, &why, 0);
+                self.record(doc, Fate::RolledBack, &why, 0).await;
                 self.report(Some(version), Fate::RolledBack, &why);
             }
             // Stays "confirming": confirmed again at the next start.
@@ -253,20 +254,25 @@ impl Manager {
         }
     }
 
-    fn reject(&mut self, doc: SignedDoc, why: String) {
+    async fn reject(&mut self, doc: SignedDoc, why: String) {
         let version = doc.version;
-        self.record(doc, Fate::Rejected, &why, 0);
+        self.record(doc, Fate::Rejected, &why, 0).await;
         self.report(Some(version), Fate::Rejected, &why);
     }
 
-    fn record(&mut self, doc: SignedDoc, fate: Fate, reason: &str, resumed: u32) {
+    async fn record(&mut self, doc: SignedDoc, fate: Fate, reason: &str, resumed: u32) {
         self.state.last = Some(Last {
             doc,
             fate,
             reason: reason.to_string(),
             resumed,
         });
-        if let Err(why) = state::save(&self.state_path, &self.state) {
+        let (path, state) = (self.state_path.clone(), self.state.clone());
+        // fsync'd: off the async workers.
+        let saved = tokio::task::spawn_blocking(move || state::save(&path, &state))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(why) = saved {
             tracing::error!(
                 "saving pushed configuration state: {why}; check the storage directory"
             );

@@ -466,6 +466,17 @@ mod tests {
         Link::connect(&s).await
     }
 
+    /// Reads until the link reports an error; any packet before it fails the test.
+    async fn first_error(link: &mut Link) -> LinkError {
+        loop {
+            match link.try_next() {
+                Ok(None) => link.fill().await.unwrap(),
+                Ok(Some(p)) => panic!("unexpected {p:?}"),
+                Err(e) => return e,
+            }
+        }
+    }
+
     #[tokio::test]
     async fn connect_keeps_the_session_announces_the_window_and_takes_the_brokers_keep_alive() {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -548,13 +559,7 @@ mod tests {
         link.subscribe(&["site/scan".into(), "site/secret/#".into()])
             .await
             .unwrap();
-        let e = loop {
-            match link.try_next() {
-                Ok(None) => link.fill().await.unwrap(),
-                Ok(Some(p)) => panic!("unexpected {p:?}"),
-                Err(e) => break e,
-            }
-        };
+        let e = first_error(&mut link).await;
         assert!(
             matches!(&e, LinkError::Subscription(t, SubscribeReasonCode::NotAuthorized) if t == "site/secret/#"),
             "{e:?}"
@@ -576,13 +581,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let e = loop {
-            match link.try_next() {
-                Ok(None) => link.fill().await.unwrap(),
-                Ok(Some(p)) => panic!("unexpected {p:?}"),
-                Err(e) => break e,
-            }
-        };
+        let e = first_error(&mut link).await;
         assert!(
             matches!(
                 e,
@@ -603,13 +602,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let e = loop {
-            match link.try_next() {
-                Ok(None) => link.fill().await.unwrap(),
-                Ok(Some(p)) => panic!("unexpected {p:?}"),
-                Err(e) => break e,
-            }
-        };
+        let e = first_error(&mut link).await;
         assert!(
             matches!(
                 e,
@@ -641,13 +634,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let e = loop {
-            match link.try_next() {
-                Ok(None) => link.fill().await.unwrap(),
-                Ok(Some(p)) => panic!("unexpected {p:?}"),
-                Err(e) => break e,
-            }
-        };
+        let e = first_error(&mut link).await;
         assert!(
             matches!(
                 e,

@@ -177,9 +177,11 @@ impl MqttSource {
                         }
                     }
                     Some(Packet::PingResp(_)) => flow.pong(),
-                    Some(Packet::SubAck(_)) if after_refusal => self.remember(&memory, &session),
+                    Some(Packet::SubAck(_)) if after_refusal => {
+                        self.remember(&memory, &session).await
+                    }
                     Some(Packet::SubAck(_)) if !after_refusal => {
-                        self.remember(&memory, &session);
+                        self.remember(&memory, &session).await;
                         shown_open = true;
                         ctx.status
                             .set_source(&self.id, SourceState::Open, opened.clone());
@@ -313,8 +315,17 @@ impl MqttSource {
     }
 
     /// Records the filters the broker accepted, for the next session's UNSUBSCRIBE.
-    fn remember(&self, memory: &std::path::Path, session: &str) {
-        if let Err(e) = subscriptions::save(memory, session, &self.topics) {
+    async fn remember(&self, memory: &std::path::Path, session: &str) {
+        let (path, key, topics) = (
+            memory.to_path_buf(),
+            session.to_string(),
+            self.topics.clone(),
+        );
+        // A small file, but fsync'd: off the async workers.
+        let saved = tokio::task::spawn_blocking(move || subscriptions::save(&path, &key, &topics))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = saved {
             tracing::warn!(source = %self.id, "recording subscriptions in {}: {e}", memory.display());
         }
     }
