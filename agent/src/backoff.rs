@@ -1,6 +1,11 @@
 //! Exponential backoff with jitter for every retry loop (ports, brokers, the buffer file).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A connection that stays up this long has earned a fresh start: the next failure retries
+/// from `min` again. One that fails sooner (a broker that accepts and then drops us, a port
+/// that opens and then errors) keeps backing off, so it is not hammered every `min`.
+const STABLE: Duration = Duration::from_secs(10);
 
 /// Doubles from `min` to `max`, each delay jittered by up to ±20% so that many agents (or many
 /// sources) do not retry in lockstep.
@@ -10,6 +15,9 @@ pub struct Backoff {
     max: Duration,
     next: Duration,
     seed: u64,
+    /// When the current connection came up, if one is up.
+    up_since: Option<Instant>,
+    stable: Duration,
 }
 
 impl Backoff {
@@ -24,11 +32,20 @@ impl Backoff {
             max,
             next: min,
             seed,
+            up_since: None,
+            stable: STABLE,
         }
     }
 
-    /// The next delay.
+    /// The next delay, after a failure.
     pub fn next_delay(&mut self) -> Duration {
+        if self
+            .up_since
+            .take()
+            .is_some_and(|t| t.elapsed() >= self.stable)
+        {
+            self.next = self.min;
+        }
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         // xorshift64: plenty for jitter.
@@ -40,9 +57,9 @@ impl Backoff {
         Duration::from_millis((ms + ms * permille / 1000).max(1) as u64)
     }
 
-    /// After a success: start again from `min`.
-    pub fn reset(&mut self) {
-        self.next = self.min;
+    /// A connection (or an open port) is up; see [`STABLE`] for what that earns.
+    pub fn up(&mut self) {
+        self.up_since = Some(Instant::now());
     }
 }
 
@@ -60,7 +77,24 @@ mod tests {
         }
         assert!(bases[0] >= Duration::from_millis(80) && bases[0] <= Duration::from_millis(120));
         assert!(bases[11] >= Duration::from_secs(24) && bases[11] <= Duration::from_secs(36));
-        b.reset();
+    }
+
+    #[test]
+    fn only_a_connection_that_stayed_up_starts_the_delays_over() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        b.stable = Duration::from_millis(30);
+        for _ in 0..4 {
+            b.next_delay();
+        }
+        // Up, and dropped at once: the delays keep growing (base 1.6 s).
+        b.up();
+        assert!(b.next_delay() >= Duration::from_millis(1280));
+        // Up long enough: back to min.
+        b.up();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && b.up_since.is_some_and(|t| t.elapsed() < b.stable) {
+            std::thread::yield_now();
+        }
         assert!(b.next_delay() <= Duration::from_millis(120));
     }
 }

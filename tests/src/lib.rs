@@ -486,3 +486,40 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
 }
+
+/// A signing key made by `edge-agent config keygen` in `dir`: (secret key path, public key).
+pub fn config_keygen(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let path = dir.join(name);
+    let (code, _, err) = run_cli(&["config", "keygen", "--out", &path.to_string_lossy()], &[])?;
+    if code != 0 {
+        bail!("config keygen: {err}");
+    }
+    let public = std::fs::read_to_string(dir.join(format!("{name}.pub")))?;
+    Ok((path, public.trim().to_string()))
+}
+
+/// `toml` signed as `version` by `edge-agent config sign` with the key at `key`: the signed
+/// document, written to `dir/v{version}.signed.json` (returned) and as text.
+pub fn config_sign(dir: &Path, key: &Path, version: u64, toml: &str) -> Result<(PathBuf, String)> {
+    let file = dir.join(format!("v{version}.toml"));
+    std::fs::write(&file, toml)?;
+    let (code, signed, err) = run_cli(
+        &[
+            "config",
+            "sign",
+            "--key",
+            &key.to_string_lossy(),
+            "--version",
+            &version.to_string(),
+            &file.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    if code != 0 {
+        bail!("config sign: {err}");
+    }
+    let signed = signed.trim().to_string();
+    let out = dir.join(format!("v{version}.signed.json"));
+    std::fs::write(&out, &signed)?;
+    Ok((out, signed))
+}

@@ -3,42 +3,21 @@
 //! switching its sources without a restart, and every way a push is refused or rolled back.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use edge_tests::{run_cli, wait_for, Agent, Broker, Collector, DEADLINE};
+use edge_tests::{
+    config_keygen, config_sign, run_cli, wait_for, Agent, Broker, Collector, DEADLINE,
+};
 use serde_json::Value;
 
 const SITE: &str = "dc-remote-01";
 
-/// A signing key made by `edge-agent config keygen`; returns (secret path, public key).
-fn keygen(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
-    let path = dir.join(name);
-    let (code, _, err) = run_cli(&["config", "keygen", "--out", &path.to_string_lossy()], &[])?;
-    ensure!(code == 0, "keygen: {err}");
-    let public = std::fs::read_to_string(dir.join(format!("{name}.pub")))?;
-    Ok((path, public.trim().to_string()))
-}
-
 /// `config sign` then `config push` to central.
 fn push(dir: &Path, key: &Path, version: u64, toml: &str, central: &Broker) -> Result<()> {
-    let file = dir.join(format!("v{version}.toml"));
-    std::fs::write(&file, toml)?;
-    let (code, signed, err) = run_cli(
-        &[
-            "config",
-            "sign",
-            "--key",
-            &key.to_string_lossy(),
-            "--version",
-            &version.to_string(),
-            &file.to_string_lossy(),
-        ],
-        &[],
-    )?;
-    ensure!(code == 0, "sign: {err}");
-    push_raw(dir, version, signed.trim(), central)
+    let (_, signed) = config_sign(dir, key, version, toml)?;
+    push_raw(dir, version, &signed, central)
 }
 
 fn push_raw(dir: &Path, version: u64, signed: &str, central: &Broker) -> Result<()> {
@@ -164,7 +143,7 @@ fn codes_from(events: &[Value], source: &str) -> Vec<String> {
 fn a_signed_push_switches_the_sources_without_a_restart_or_a_lost_reading_and_survives_one(
 ) -> Result<()> {
     let keys = tempfile::tempdir()?;
-    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let (secret, public) = config_keygen(keys.path(), "central.key")?;
     let central = Broker::start()?;
     let site = Broker::start()?;
     let device = Collector::subscribe(site.port, "unused/#")?;
@@ -245,8 +224,8 @@ fn a_signed_push_switches_the_sources_without_a_restart_or_a_lost_reading_and_su
 fn pushes_that_are_unsigned_forged_stale_local_or_invalid_are_rejected_and_change_nothing(
 ) -> Result<()> {
     let keys = tempfile::tempdir()?;
-    let (secret, public) = keygen(keys.path(), "central.key")?;
-    let (stranger, _) = keygen(keys.path(), "stranger.key")?;
+    let (secret, public) = config_keygen(keys.path(), "central.key")?;
+    let (stranger, _) = config_keygen(keys.path(), "stranger.key")?;
     let central = Broker::start()?;
     let site = Broker::start()?;
     let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
@@ -266,21 +245,8 @@ fn pushes_that_are_unsigned_forged_stale_local_or_invalid_are_rejected_and_chang
     );
 
     // Altered after signing.
-    let file = dir.join("v6.toml");
-    std::fs::write(&file, two_scanners(&site))?;
-    let (_, signed, _) = run_cli(
-        &[
-            "config",
-            "sign",
-            "--key",
-            &secret.to_string_lossy(),
-            "--version",
-            "6",
-            &file.to_string_lossy(),
-        ],
-        &[],
-    )?;
-    let mut doc: Value = serde_json::from_str(signed.trim())?;
+    let (_, signed) = config_sign(dir, &secret, 6, &two_scanners(&site))?;
+    let mut doc: Value = serde_json::from_str(&signed)?;
     doc["toml"] = Value::String(
         doc["toml"]
             .as_str()
@@ -352,7 +318,7 @@ fn pushes_that_are_unsigned_forged_stale_local_or_invalid_are_rejected_and_chang
 #[test]
 fn a_push_whose_new_source_does_not_open_is_rolled_back_to_the_last_good_one() -> Result<()> {
     let keys = tempfile::tempdir()?;
-    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let (secret, public) = config_keygen(keys.path(), "central.key")?;
     let central = Broker::start()?;
     let site = Broker::start()?;
     let device = Collector::subscribe(site.port, "unused/#")?;
@@ -396,7 +362,7 @@ const MISSING_SERIAL: &str = "[[sources.serial]]\nid = \"scanner-unplugged\"\npa
 fn a_push_is_confirmed_by_the_sources_it_starts_not_by_an_untouched_one_that_is_down() -> Result<()>
 {
     let keys = tempfile::tempdir()?;
-    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let (secret, public) = config_keygen(keys.path(), "central.key")?;
     let central = Broker::start()?;
     let site = Broker::start()?;
     let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
@@ -425,7 +391,7 @@ fn a_push_is_confirmed_by_the_sources_it_starts_not_by_an_untouched_one_that_is_
 #[test]
 fn a_push_that_stops_the_agent_twice_while_confirming_is_given_up() -> Result<()> {
     let keys = tempfile::tempdir()?;
-    let (secret, public) = keygen(keys.path(), "central.key")?;
+    let (secret, public) = config_keygen(keys.path(), "central.key")?;
     let central = Broker::start()?;
     let site = Broker::start()?;
     let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
@@ -462,24 +428,8 @@ fn a_push_that_stops_the_agent_twice_while_confirming_is_given_up() -> Result<()
 #[test]
 fn config_push_names_its_flags_when_tls_settings_are_missing_or_half_given() -> Result<()> {
     let keys = tempfile::tempdir()?;
-    let (secret, _) = keygen(keys.path(), "central.key")?;
-    let file = keys.path().join("ops.toml");
-    std::fs::write(&file, "")?;
-    let (code, signed, err) = run_cli(
-        &[
-            "config",
-            "sign",
-            "--key",
-            &secret.to_string_lossy(),
-            "--version",
-            "1",
-            &file.to_string_lossy(),
-        ],
-        &[],
-    )?;
-    ensure!(code == 0, "{err}");
-    let doc = keys.path().join("v1.json");
-    std::fs::write(&doc, signed.trim())?;
+    let (secret, _) = config_keygen(keys.path(), "central.key")?;
+    let (doc, _) = config_sign(keys.path(), &secret, 1, "")?;
     let doc = doc.to_string_lossy().to_string();
     let push = |extra: &[&str]| -> Result<(i32, String)> {
         let mut args = vec![

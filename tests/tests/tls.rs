@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
-use edge_tests::{free_port, run_cli, wait_for, Agent, Broker, Collector, DEADLINE};
+use edge_tests::{
+    config_keygen, config_sign, free_port, run_cli, wait_for, Agent, Broker, Collector, DEADLINE,
+};
 use serde_json::Value;
 
 /// Certificates made for one test.
@@ -503,26 +505,8 @@ fn config_push_reaches_a_mutual_tls_broker_and_says_which_flag_is_missing_withou
         &pki.listener(tls_port, "allow_anonymous true\nrequire_certificate true\n"),
     )?;
     let keys = tempfile::tempdir()?;
-    let key = keys.path().join("central.key");
-    let (code, _, err) = run_cli(&["config", "keygen", "--out", &key.to_string_lossy()], &[])?;
-    ensure!(code == 0, "{err}");
-    let ops = keys.path().join("ops.toml");
-    std::fs::write(&ops, "[upstream]\nreplay_rate = 100\n")?;
-    let (code, signed, err) = run_cli(
-        &[
-            "config",
-            "sign",
-            "--key",
-            &key.to_string_lossy(),
-            "--version",
-            "4",
-            &ops.to_string_lossy(),
-        ],
-        &[],
-    )?;
-    ensure!(code == 0, "{err}");
-    let doc = keys.path().join("v4.json");
-    std::fs::write(&doc, signed.trim())?;
+    let (key, _) = config_keygen(keys.path(), "central.key")?;
+    let (doc, _) = config_sign(keys.path(), &key, 4, "[upstream]\nreplay_rate = 100\n")?;
     let url = format!("mqtts://127.0.0.1:{tls_port}");
     let ca = pki.path("ca.crt").display().to_string();
     let cert = pki.path("client.crt").display().to_string();

@@ -32,7 +32,7 @@ impl SerialSource {
         loop {
             let why = match self.open() {
                 Ok(port) => {
-                    backoff.reset();
+                    backoff.up();
                     ctx.status.set_source(
                         &self.id,
                         SourceState::Open,

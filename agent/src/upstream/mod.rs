@@ -332,7 +332,7 @@ impl Upstream {
                         self.config.upstream.url, ack.code
                     ));
                 }
-                backoff.reset();
+                backoff.up();
                 conn.connected = true;
                 tracing::info!("connected to upstream broker {}", self.config.upstream.url);
                 self.status

@@ -128,12 +128,18 @@ impl MqttSource {
             r = Link::connect(settings) => r?,
             _ = ctx.shutdown.cancelled() => return Ok(Exit::Shutdown),
         };
-        backoff.reset();
         tracing::debug!(source = %self.id, "connected to site broker {} (session present: {})", self.url, ack.session_present);
         // Filters an earlier configuration subscribed to: the broker's session still has them.
         let memory = subscriptions::path_for(&ctx.config.storage.resolved_path());
         let session = subscriptions::session_key(&self.url, &settings.client_id);
-        let stale: Vec<String> = subscriptions::load(&memory, &session)
+        let remembered = {
+            let (path, key) = (memory.clone(), session.clone());
+            // Shares a lock with the fsync'd writes: off the async workers.
+            tokio::task::spawn_blocking(move || subscriptions::load(&path, &key))
+                .await
+                .unwrap_or_default()
+        };
+        let stale: Vec<String> = remembered
             .into_iter()
             .filter(|t| !self.topics.contains(t))
             .collect();
@@ -178,9 +184,11 @@ impl MqttSource {
                     }
                     Some(Packet::PingResp(_)) => flow.pong(),
                     Some(Packet::SubAck(_)) if after_refusal => {
+                        backoff.up();
                         self.remember(&memory, &session).await
                     }
                     Some(Packet::SubAck(_)) if !after_refusal => {
+                        backoff.up();
                         self.remember(&memory, &session).await;
                         shown_open = true;
                         ctx.status
