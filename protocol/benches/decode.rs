@@ -10,11 +10,7 @@ use edge_protocol::barcode;
 use edge_protocol::event::{Body, Envelope, Role};
 
 fn vectors() -> Vec<Vec<u8>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/barcode.jsonl"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = include_str!("../tests/vectors/barcode.jsonl");
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| v["input"].as_str().map(|s| s.as_bytes().to_vec()))
@@ -51,7 +47,7 @@ fn main() {
     );
     let r = rate(n, |i| {
         let d = barcode::decode(black_box(&inputs[i % inputs.len()]), "NOREAD");
-        black_box(barcode::to_body(d, Some(Role::Packing)));
+        black_box(barcode::to_body(d, Some(Role::Packing), 2026));
     });
     println!(
         "{:<44} {r:>14.0}",
@@ -69,7 +65,7 @@ fn main() {
         station: Some("pack-01".into()),
         role: Some(Role::Packing),
         observed_at: "2026-11-27T10:00:00.123Z".into(),
-        body: barcode::to_body(barcode::decode(&sscc, "NOREAD"), Some(Role::Packing)),
+        body: barcode::to_body(barcode::decode(&sscc, "NOREAD"), Some(Role::Packing), 2026),
         raw: sscc.clone(),
         replayed: false,
     };

@@ -137,7 +137,7 @@ fn main() {
         "rules json (parse + 2 rules + body)",
         rate(n / 2, |_| {
             let r = Record::json(black_box(msg));
-            black_box(r.and_then(|r| apply(&json_rules, &r)).ok());
+            black_box(r.and_then(|r| apply(&json_rules, &r, 2026)).ok());
         }),
     );
     let delimited_rules = rules(false);
@@ -145,7 +145,7 @@ fn main() {
         "rules delimited (split + 2 rules + body)",
         rate(n / 2, |_| {
             let r = Record::delimited(black_box(data), "|");
-            black_box(r.and_then(|r| apply(&delimited_rules, &r)).ok());
+            black_box(r.and_then(|r| apply(&delimited_rules, &r, 2026)).ok());
         }),
     );
 

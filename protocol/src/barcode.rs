@@ -1,4 +1,4 @@
-//! Barcode scanner lines (CONTRACT section 6, decoder `barcode`) and their canonical bodies
+//! Barcode scanner lines (docs/configuration.md, decoders, decoder `barcode`) and their canonical bodies
 //! (section 5).
 //!
 //! A line may start with an AIM symbology identifier (ISO/IEC 15424): "]", the symbology
@@ -242,8 +242,9 @@ pub fn classify_code(code: &str) -> Scan {
     }
 }
 
-/// The canonical body for a decoded line at a station with this role (CONTRACT section 5).
-pub fn to_body(decoded: Decoded, role: Option<Role>) -> Body {
+/// The canonical body for a decoded line at a station with this role (docs/events.md), read in
+/// `year` (two-digit years in dates take their century from it).
+pub fn to_body(decoded: Decoded, role: Option<Role>, year: u16) -> Body {
     match decoded {
         Decoded::NoRead => Body::exception(
             ExceptionReason::NoRead,
@@ -251,11 +252,11 @@ pub fn to_body(decoded: Decoded, role: Option<Role>) -> Body {
         ),
         Decoded::Invalid { detail } => Body::exception(ExceptionReason::InvalidBarcode, detail),
         Decoded::Undecodable { detail } => Body::exception(ExceptionReason::Undecodable, detail),
-        Decoded::Scan(scan) => scan_body(scan, role),
+        Decoded::Scan(scan) => scan_body(scan, role, year),
     }
 }
 
-fn scan_body(scan: Scan, role: Option<Role>) -> Body {
+fn scan_body(scan: Scan, role: Option<Role>, year: u16) -> Body {
     let Scan {
         code,
         symbology,
@@ -295,7 +296,7 @@ fn scan_body(scan: Scan, role: Option<Role>) -> Body {
     Body::InventoryScan(InventoryScan {
         gtin: gs1.gtin().map(str::to_owned),
         batch: owned("10"),
-        expiry: gs1.get("17").and_then(gs1::date_to_iso),
+        expiry: gs1.get("17").and_then(|d| gs1::date_to_iso(d, year)),
         serial: owned("21"),
         quantity: gs1
             .get("30")
@@ -461,9 +462,30 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_year_takes_its_century_from_the_year_of_reading() {
+        let expiry =
+            |year| match to_body(decode(b"]C1019501234567890317990606", "NOREAD"), None, year) {
+                Body::InventoryScan(b) => b.expiry,
+                other => panic!("not an inventory scan: {other:?}"),
+            };
+        assert_eq!(expiry(2026).as_deref(), Some("1999-06-06"));
+        assert_eq!(expiry(2060).as_deref(), Some("2099-06-06"));
+    }
+
+    #[test]
+    fn a_bracketed_code_with_an_unknown_ai_is_an_invalid_barcode() {
+        let Body::Exception(e) = to_body(decode(b"(01)95012345678903(89)12", "NOREAD"), None, 2026)
+        else {
+            panic!("not an exception");
+        };
+        assert_eq!(e.reason, ExceptionReason::InvalidBarcode);
+        assert!(e.detail.contains("89"), "{}", e.detail);
+    }
+
+    #[test]
     fn inventory_body_carries_every_field() {
         let s = scan("]C10195012345678903310200123410LOT42\u{1d}17250200\u{1d}21SN7\u{1d}3012");
-        let Body::InventoryScan(b) = to_body(Decoded::Scan(s), Some(Role::Picking)) else {
+        let Body::InventoryScan(b) = to_body(Decoded::Scan(s), Some(Role::Picking), 2026) else {
             panic!("not an inventory scan");
         };
         assert_eq!(b.gtin.as_deref(), Some("95012345678903"));
@@ -479,7 +501,7 @@ mod tests {
     #[test]
     fn a_plain_code_follows_the_station_role() {
         for role in Role::ALL {
-            let body = to_body(Decoded::Scan(scan("LPN0004711")), Some(role));
+            let body = to_body(Decoded::Scan(scan("LPN0004711")), Some(role), 2026);
             let want = if role.is_shipment_side() {
                 Kind::ShipmentScan
             } else {
@@ -492,21 +514,21 @@ mod tests {
                 assert!(b.gs1.is_empty());
             }
         }
-        let body = to_body(Decoded::Scan(scan("LPN0004711")), None);
+        let body = to_body(Decoded::Scan(scan("LPN0004711")), None, 2026);
         assert_eq!(body.kind(), Kind::ShipmentScan, "no station: shipment side");
     }
 
     #[test]
     fn sscc_wins_over_gtin_and_neither_is_a_shipment_scan() {
         let s = scan("]C1001061414123456789080295012345678903");
-        let Body::ShipmentScan(b) = to_body(Decoded::Scan(s), Some(Role::Receiving)) else {
+        let Body::ShipmentScan(b) = to_body(Decoded::Scan(s), Some(Role::Receiving), 2026) else {
             panic!("not a shipment scan");
         };
         assert_eq!(b.sscc.as_deref(), Some("106141412345678908"));
         assert_eq!(b.gs1.len(), 2);
 
         let s = scan("]C1400PO-77");
-        let Body::ShipmentScan(b) = to_body(Decoded::Scan(s), Some(Role::Receiving)) else {
+        let Body::ShipmentScan(b) = to_body(Decoded::Scan(s), Some(Role::Receiving), 2026) else {
             panic!("not a shipment scan");
         };
         assert_eq!(b.sscc, None);
@@ -519,7 +541,7 @@ mod tests {
         assert_eq!(decode(b"  NOREAD \r\n", "NOREAD"), Decoded::NoRead);
         assert_eq!(decode(b"]Z0ERROR", "ERROR"), Decoded::NoRead);
         assert!(matches!(decode(b"NOREAD", "ERR"), Decoded::Scan(_)));
-        let body = to_body(decode(b"]C100106141412345678907", "NOREAD"), None);
+        let body = to_body(decode(b"]C100106141412345678907", "NOREAD"), None, 2026);
         assert_eq!(
             body,
             Body::Exception(Exception::new(
@@ -527,7 +549,7 @@ mod tests {
                 "AI 00: check digit is 7, expected 8"
             ))
         );
-        let Body::Exception(e) = to_body(Decoded::NoRead, None) else {
+        let Body::Exception(e) = to_body(Decoded::NoRead, None, 2026) else {
             panic!("not an exception");
         };
         assert_eq!(e.reason, ExceptionReason::NoRead);
@@ -662,13 +684,13 @@ mod tests {
             #[test]
             fn decode_never_panics_on_bytes(line in proptest::collection::vec(any::<u8>(), 0..80)) {
                 let d = decode(&line, "NOREAD");
-                let _ = to_body(d, Some(Role::Receiving));
+                let _ = to_body(d, Some(Role::Receiving), 2026);
             }
 
             #[test]
             fn decode_never_panics_on_gs1_data(data in "\\PC{0,60}") {
                 let line = format!("]C1{data}");
-                let _ = to_body(decode(line.as_bytes(), "NOREAD"), None);
+                let _ = to_body(decode(line.as_bytes(), "NOREAD"), None, 2026);
             }
 
             #[test]
@@ -679,7 +701,7 @@ mod tests {
                 ],
             ) {
                 let line = format!("{aim}{data}");
-                let _ = to_body(decode(line.as_bytes(), "NOREAD"), Some(Role::Picking));
+                let _ = to_body(decode(line.as_bytes(), "NOREAD"), Some(Role::Picking), 2026);
                 let _ = classify_code(&line);
             }
 

@@ -1,4 +1,4 @@
-//! Weight-to-unit correlation (CONTRACT section 5, `shipment.weight.sscc`): a weight carries the
+//! Weight-to-unit correlation (docs/events.md, `shipment.weight.sscc`): a weight carries the
 //! last SSCC scanned at the same station within the correlation window before it settled.
 //!
 //! One entry per station (the latest scan replaces the previous one), so memory is bounded by

@@ -1,4 +1,4 @@
-//! The canonical event envelope (CONTRACT section 4) and the kinds' bodies (section 5).
+//! The canonical event envelope (docs/events.md) and the kinds' bodies (section 5).
 //!
 //! JSON and CBOR carry the same field names and values. The only field whose representation
 //! differs is `raw`: base64 text in JSON, a byte string in CBOR.
@@ -66,7 +66,7 @@ impl fmt::Display for Role {
     }
 }
 
-/// The event kinds of CONTRACT section 5.
+/// The event kinds of docs/events.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Kind {
     #[serde(rename = "shipment.scan")]

@@ -11,10 +11,16 @@ pub fn overlong_detail(max_frame: usize, total: usize) -> String {
     )
 }
 
-/// A barcode line (or an over-long one) to its canonical body.
-pub fn barcode_frame(frame: &Framed, no_read: &str, max_frame: usize, role: Option<Role>) -> Body {
+/// A barcode line (or an over-long one) to its canonical body, read in `year`.
+pub fn barcode_frame(
+    frame: &Framed,
+    no_read: &str,
+    max_frame: usize,
+    role: Option<Role>,
+    year: u16,
+) -> Body {
     match frame {
-        Framed::Frame(line) => barcode::to_body(barcode::decode(line, no_read), role),
+        Framed::Frame(line) => barcode::to_body(barcode::decode(line, no_read), role, year),
         Framed::Overlong { total, .. } => Body::exception(
             ExceptionReason::Undecodable,
             overlong_detail(max_frame, *total),

@@ -1,8 +1,8 @@
-//! The shared scale vectors (`shared/vectors/scale.jsonl`): each frame goes through the framer
+//! The scale vectors (`protocol/tests/vectors/scale.jsonl`): each frame goes through the framer
 //! the agent uses for its decoder and then the decoder, and every expected field is compared.
 //!
 //! `weight_kg` and `tare_kg` are compared as exact decimal values: the decoders write the
-//! canonical form (no trailing zeros, CONTRACT "decimal string"), while some vectors keep the
+//! canonical form (no trailing zeros, docs/events.md, "decimal string"), while some vectors keep the
 //! scale's resolution ("10.00"). Every other field is compared as text.
 
 use edge_protocol::decimal::Decimal;
@@ -12,10 +12,9 @@ use edge_protocol::scale::toledo::{Checksum, ToledoFramer};
 use edge_protocol::scale::{ascii, mt_sics, toledo, ScaleError, ScaleReading};
 use serde_json::{Map, Value};
 
-const VECTORS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/vectors/scale.jsonl"
-);
+/// In the repository (copied from the standards' cases, see `vectors/README.md`); a missing
+/// file fails the build, not a test.
+const VECTORS: &str = include_str!("vectors/scale.jsonl");
 
 /// The frames the agent's framer makes of the input.
 fn frames(decoder: &str, input: &[u8]) -> Vec<Framed> {
@@ -123,9 +122,8 @@ fn same(field: &str, got: &Value, want: &Value) -> bool {
 }
 
 #[test]
-fn every_shared_scale_vector_decodes_to_its_expected_reading() {
-    let text =
-        std::fs::read_to_string(VECTORS).unwrap_or_else(|e| panic!("cannot read {VECTORS}: {e}"));
+fn every_scale_vector_decodes_to_its_expected_reading() {
+    let text = VECTORS;
     let mut cases = 0;
     let mut per_decoder = std::collections::BTreeMap::<String, usize>::new();
     let mut failures = Vec::new();
@@ -175,7 +173,7 @@ fn every_shared_scale_vector_decodes_to_its_expected_reading() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(cases, 18, "number of vectors in {VECTORS}");
+    assert_eq!(cases, 18, "number of vectors in vectors/scale.jsonl");
     assert_eq!(
         per_decoder.into_iter().collect::<Vec<_>>(),
         vec![

@@ -332,7 +332,7 @@ values = { state = { FAULT = "fault" } }"#;
         .replace("station = \"weigh-01\"", "station = \"sort-01\"");
     let agent = Agent::start(&config(&central, &src))?;
     agent.wait_source("sorter-serial", "open")?;
-    // From ../shared/vectors/framing.jsonl: a divert confirmation, a jam, a damaged telegram.
+    // From protocol/tests/vectors/framing.jsonl: a divert confirmation, a jam, a damaged telegram.
     plc.write(b"garbage\x02CONF|0042|106141412345678908|CH017|OK\x036")?;
     plc.write(b"\x02FAULT|0044|JAM|PE12\x03e")?;
     plc.write(b"\x02SCAN|0042|T01|106141412345678908\x03>")?;

@@ -39,14 +39,13 @@ fn serial_source(id: &str, pty: &Pty, station: &str) -> String {
 }
 
 fn vectors() -> Vec<Value> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/barcode.jsonl"
-    );
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let text = include_str!("../../protocol/tests/vectors/barcode.jsonl");
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("protocol/tests/vectors/barcode.jsonl: {e}"))
+        })
         .collect()
 }
 

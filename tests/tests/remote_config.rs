@@ -1,4 +1,4 @@
-//! Remote configuration (CONTRACT section 7) end to end: keys, signing and pushing through the
+//! Remote configuration (docs/remote-config.md) end to end: keys, signing and pushing through the
 //! real CLI, a real central broker carrying `config/set` and `config/status`, the real agent
 //! switching its sources without a restart, and every way a push is refused or rolled back.
 

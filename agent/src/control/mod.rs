@@ -12,7 +12,7 @@ use crate::buffer::BufferStats;
 use crate::status::StatusBoard;
 use crate::time::now_ms;
 
-/// The status document (CONTRACT section 8), extended with details for operators.
+/// The status document (docs/operations.md), extended with details for operators.
 pub fn status_json(stats: &BufferStats, board: &StatusBoard) -> Value {
     let oldest_pending_s = stats
         .oldest_pending_ms

@@ -13,6 +13,7 @@ use edge_protocol::correlate::Correlator;
 use edge_protocol::decimal::Decimal;
 use edge_protocol::event::ExceptionReason;
 use edge_protocol::framing::Framed;
+use edge_protocol::gs1::year_of_unix_ms;
 use edge_protocol::normalize::{barcode_frame, frame_raw, overlong_detail};
 use edge_protocol::rules::{self, Record, Rule};
 use edge_protocol::scale::settle::{SettleConfig, Settler};
@@ -137,12 +138,16 @@ impl Normalizer {
                 &self.decoding.no_read,
                 self.decoding.max_frame,
                 self.role,
+                year_of_unix_ms(now),
             ),
             State::Scale { .. } => return self.scale_frame(frame_raw(frame), now),
-            State::Rules { .. } => self.rules_body(match &frame {
-                Framed::Frame(b) => b,
-                Framed::Overlong { head, .. } => head,
-            }),
+            State::Rules { .. } => self.rules_body(
+                match &frame {
+                    Framed::Frame(b) => b,
+                    Framed::Overlong { head, .. } => head,
+                },
+                now,
+            ),
         };
         self.remember_scan(&body, now);
         Some(self.reading(body, frame_raw(frame), now))
@@ -176,9 +181,10 @@ impl Normalizer {
                     &self.decoding.no_read,
                     max,
                     self.role,
+                    year_of_unix_ms(now),
                 )
             }
-            State::Rules { .. } => self.rules_body(trim_line_end(payload)),
+            State::Rules { .. } => self.rules_body(trim_line_end(payload), now),
             // Refused by check-config: scales are read on serial ports.
             State::Scale { .. } => Body::exception(
                 ExceptionReason::Undecodable,
@@ -251,7 +257,7 @@ impl Normalizer {
         Some(self.reading(out.into_body(sscc), raw, now))
     }
 
-    fn rules_body(&self, bytes: &[u8]) -> Body {
+    fn rules_body(&self, bytes: &[u8], now: u64) -> Body {
         let State::Rules { rules, json } = &self.state else {
             return Body::exception(ExceptionReason::Undecodable, "no rules");
         };
@@ -260,7 +266,7 @@ impl Normalizer {
         } else {
             Record::delimited(bytes, &self.decoding.separator)
         };
-        match record.and_then(|r| rules::apply(rules, &r)) {
+        match record.and_then(|r| rules::apply(rules, &r, year_of_unix_ms(now))) {
             Ok(body) => body,
             Err(detail) => Body::exception(ExceptionReason::Undecodable, detail),
         }

@@ -1,4 +1,4 @@
-//! Remote configuration (CONTRACT section 7): central signs a document of the site's
+//! Remote configuration (docs/remote-config.md): central signs a document of the site's
 //! operational sections and pushes it retained to `{prefix}/{site}/config/set`; the agent
 //! checks, persists and applies it, and reports on `{prefix}/{site}/config/status`.
 //!

@@ -11,6 +11,6 @@ fuzz_target!(|data: &[u8]| {
         .first()
         .and_then(|b| Role::ALL.get(usize::from(*b) % 9))
         .copied();
-    let _ = to_body(decode(data, "NOREAD"), role);
+    let _ = to_body(decode(data, "NOREAD"), role, 2026);
     let _ = classify_code(&String::from_utf8_lossy(data));
 });

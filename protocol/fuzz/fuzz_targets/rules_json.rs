@@ -71,9 +71,9 @@ fn rules(json: bool) -> Vec<Rule> {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(record) = Record::json(data) {
-        let _ = apply(&rules(true), &record);
+        let _ = apply(&rules(true), &record, 2026);
     }
     if let Ok(record) = Record::delimited(data, "|") {
-        let _ = apply(&rules(false), &record);
+        let _ = apply(&rules(false), &record, 2026);
     }
 });

@@ -13,15 +13,17 @@
 //!   alphanumeric check pair (8013, 8014), dates and times are validated;
 //! - an AI that occurs twice with different values is an error.
 //!
-//! Dates: YYMMDD resolves to 20YY. The General Specifications' sliding window (section 7.12)
-//! needs today's date, which this pure crate does not read. 20YY accepts and rejects exactly
-//! the same dates as the window (1900+YY and 2000+YY have the same leap years for YY 01-99),
-//! and differs in the year only for dates the window places more than 49 years in the past
-//! (read in 2026, YY 77-99 are 1977-1999 there); it needs revisiting before 2050. A day of 00
-//! (allowed in AIs 11-17, 4324 and 4325) means the last day of the month.
+//! Dates: a two-digit year YY takes the century that puts it between 49 years before and 50
+//! years after the current year (the sliding window of the General Specifications, section
+//! 7.12): read in 2026, `99` is 1999 and `76` is 2076. This pure crate does not read the clock:
+//! the caller passes the current year ([`year_of_unix_ms`] of the reading's time) to
+//! [`date_to_iso`]. Validation while parsing checks day and month against 20YY, which has the
+//! same leap years as the window's year for every YY until 2050 (only `00` differs, as 1900 or
+//! 2100, and the window puts `00` there only from 2050 on). A day of 00 (allowed in AIs 11-17,
+//! 4324 and 4325) means the last day of the month.
 //!
 //! Relations between AIs (02 needs 37, 37 needs 00, …) are not enforced: a unit carries several
-//! labels (CONTRACT section 5).
+//! labels (docs/events.md).
 
 mod table;
 
@@ -290,8 +292,9 @@ pub fn parse(data: &[u8]) -> Result<Elements, Gs1Error> {
 
 /// Bracketed human-readable form "(01)12345678901231(10)ABC".
 ///
-/// A value runs to the next "(" that is followed by a known AI and ")"; a "(" that is not is
-/// data. No separators are needed or allowed.
+/// A value runs to the next "(" that is followed by two to four digits and ")": that is the next
+/// AI, and one that is not in the table is an error (`UnknownAi`), never part of the value. Any
+/// other "(" is data ("(B)", "(7)"). No separators are needed or allowed.
 pub fn parse_bracketed(text: &str) -> Result<Elements, Gs1Error> {
     parse_bracketed_bytes(text.trim().as_bytes())
 }
@@ -308,7 +311,7 @@ pub(crate) fn parse_bracketed_bytes(b: &[u8]) -> Result<Elements, Gs1Error> {
         };
         let start = i + ai.len() + 2;
         let end = (start..b.len())
-            .find(|&j| b[j] == b'(' && bracket_at(b, j).is_some())
+            .find(|&j| b[j] == b'(' && ai_shaped(b, j))
             .unwrap_or(b.len());
         let value = &b[start..end];
         check_value(entry, ai, value)?;
@@ -316,6 +319,16 @@ pub(crate) fn parse_bracketed_bytes(b: &[u8]) -> Result<Elements, Gs1Error> {
         i = end;
     }
     Ok(Elements(out))
+}
+
+/// Does "(" with two to four digits and ")" (an AI, known or not) start at `i`?
+fn ai_shaped(b: &[u8], i: usize) -> bool {
+    let digits = b
+        .iter()
+        .skip(i + 1)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    b.get(i) == Some(&b'(') && (2..=4).contains(&digits) && b.get(i + 1 + digits) == Some(&b')')
 }
 
 /// Does a known "(AI)" start at `i`?
@@ -690,14 +703,43 @@ pub fn days_in_month(year: u16, month: u8) -> u8 {
     }
 }
 
-/// A GS1 date YYMMDD as YYYY-MM-DD: the year is 20YY, and DD=00 becomes the month's last day.
-/// `None` unless it is a valid date.
-pub fn date_to_iso(yymmdd: &str) -> Option<String> {
+/// The four-digit year of a two-digit one, read in `current_year` (GS1 General Specifications
+/// 7.12): the century that puts it between 49 years before and 50 years after the current year.
+pub fn full_year(yy: u8, current_year: u16) -> u16 {
+    let century = current_year - current_year % 100;
+    let diff = i32::from(yy) - i32::from(current_year % 100);
+    let year = i32::from(century) + i32::from(yy);
+    let year = if diff >= 51 {
+        year - 100
+    } else if diff <= -50 {
+        year + 100
+    } else {
+        year
+    };
+    u16::try_from(year).unwrap_or(0)
+}
+
+/// The (UTC, proleptic Gregorian) year of an instant given in ms since the Unix epoch.
+pub fn year_of_unix_ms(ms: u64) -> u16 {
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm), keeping only the year.
+    let days = (ms / 86_400_000) as i64 + 719_468;
+    let era = days / 146_097;
+    let doe = days - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let year = yoe + era * 400 + i64::from(mp >= 10);
+    u16::try_from(year).unwrap_or(u16::MAX)
+}
+
+/// A GS1 date YYMMDD as YYYY-MM-DD, its century by [`full_year`] in `current_year`; DD=00
+/// becomes the month's last day. `None` unless it is a valid date.
+pub fn date_to_iso(yymmdd: &str, current_year: u16) -> Option<String> {
     let b = yymmdd.as_bytes();
     if b.len() != 6 || !b.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let year = 2000 + u16::from(num2(b, 0));
+    let year = full_year(num2(b, 0), current_year);
     let (month, mut day) = (num2(b, 2), num2(b, 4));
     let last = days_in_month(year, month);
     if last == 0 || day > last {

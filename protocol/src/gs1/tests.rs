@@ -289,15 +289,35 @@ fn check_digits() {
 }
 
 #[test]
+fn two_digit_years_take_the_century_of_the_gs1_sliding_window() {
+    // GS1 General Specifications 7.12: from 49 years before to 50 years after the current year.
+    assert_eq!(date_to_iso("990606", 2026).as_deref(), Some("1999-06-06"));
+    assert_eq!(full_year(77, 2026), 1977);
+    assert_eq!(full_year(76, 2026), 2076);
+    assert_eq!(full_year(26, 2026), 2026);
+    assert_eq!(full_year(0, 2026), 2000);
+    assert_eq!(full_year(0, 2051), 2100);
+    assert_eq!(full_year(1, 2051), 2101);
+    assert_eq!(full_year(2, 2051), 2002);
+    assert_eq!(full_year(99, 2001), 1999);
+    assert_eq!(full_year(51, 2001), 2051);
+    assert_eq!(full_year(52, 2001), 1952);
+    assert_eq!(year_of_unix_ms(0), 1970);
+    assert_eq!(year_of_unix_ms(1_798_761_599_999), 2026); // 2026-12-31T23:59:59.999Z
+    assert_eq!(year_of_unix_ms(1_798_761_600_000), 2027);
+    assert_eq!(year_of_unix_ms(951_782_400_000), 2000); // 2000-02-29
+}
+
+#[test]
 fn dates_resolve_day_zero_and_leap_years() {
-    assert_eq!(date_to_iso("250200").as_deref(), Some("2025-02-28"));
-    assert_eq!(date_to_iso("240200").as_deref(), Some("2024-02-29"));
-    assert_eq!(date_to_iso("001200").as_deref(), Some("2000-12-31"));
-    assert_eq!(date_to_iso("250415").as_deref(), Some("2025-04-15"));
-    assert_eq!(date_to_iso("250229"), None);
-    assert_eq!(date_to_iso("251301"), None);
-    assert_eq!(date_to_iso("250001"), None);
-    assert_eq!(date_to_iso("2501"), None);
+    assert_eq!(date_to_iso("250200", 2026).as_deref(), Some("2025-02-28"));
+    assert_eq!(date_to_iso("240200", 2026).as_deref(), Some("2024-02-29"));
+    assert_eq!(date_to_iso("001200", 2026).as_deref(), Some("2000-12-31"));
+    assert_eq!(date_to_iso("250415", 2026).as_deref(), Some("2025-04-15"));
+    assert_eq!(date_to_iso("250229", 2026), None);
+    assert_eq!(date_to_iso("251301", 2026), None);
+    assert_eq!(date_to_iso("250001", 2026), None);
+    assert_eq!(date_to_iso("2501", 2026), None);
     assert!(is_leap_year(2000) && is_leap_year(2024));
     assert!(!is_leap_year(2100) && !is_leap_year(1900) && !is_leap_year(2025));
     assert_eq!(days_in_month(2100, 2), 28);
@@ -343,6 +363,15 @@ fn the_bracketed_form_parses_like_the_element_string() {
         )
     );
     assert_eq!(parse_bracketed(""), Err(Gs1Error::Empty));
+    // An unknown "(NN)" after a value is an error, not part of the value before it.
+    assert_eq!(
+        parse_bracketed("(10)ABC(89)123").map_err(|e| e.to_string()),
+        Err("unknown AI 89".to_owned())
+    );
+    assert_eq!(
+        parse_bracketed("(01)12345678901231(2345)X").map_err(|e| e.to_string()),
+        Err("unknown AI 2345".to_owned())
+    );
     assert_eq!(
         parse_bracketed("(01)12345678901234").map_err(|e| e.to_string()),
         Err("AI 01: check digit is 4, expected 1".to_owned())

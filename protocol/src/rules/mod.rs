@@ -1,4 +1,4 @@
-//! Mapping rules for the `json` and `delimited` decoders (CONTRACT section 6): how a site maps
+//! Mapping rules for the `json` and `delimited` decoders (docs/configuration.md, decoders): how a site maps
 //! its own sorter and conveyor telegrams to canonical bodies without code changes.
 //!
 //! A record is a JSON value (one MQTT message, or one line) or the columns of a delimited
@@ -255,7 +255,7 @@ fn names(fields: &[FieldSpec]) -> String {
 
 impl Rule {
     /// Builds a rule from its configuration text (`when`, `kind`, `fields`, `values` as in
-    /// CONTRACT section 6) and checks it ([`check_rule`]); every problem is returned, each
+    /// docs/configuration.md, decoders) and checks it ([`check_rule`]); every problem is returned, each
     /// naming its key relative to the rule (`fields.result`, `when."type"`).
     pub fn from_config<'a>(
         when: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -387,12 +387,12 @@ impl Rule {
         })
     }
 
-    fn build(&self, record: &Record) -> Result<Body, String> {
+    fn build(&self, record: &Record, year: u16) -> Result<Body, String> {
         match self.kind {
             Kind::ShipmentSort => self.sort(record),
             Kind::EquipmentState => self.state(record),
-            Kind::ShipmentScan => self.scan(record, Role::Packing),
-            Kind::InventoryScan => self.scan(record, Role::Receiving),
+            Kind::ShipmentScan => self.scan(record, Role::Packing, year),
+            Kind::InventoryScan => self.scan(record, Role::Receiving, year),
             Kind::ShipmentWeight | Kind::Exception => {
                 Err(format!("kind {} cannot be made by a rule", self.kind))
             }
@@ -437,7 +437,7 @@ impl Rule {
         }))
     }
 
-    fn scan(&self, record: &Record, side: Role) -> Result<Body, String> {
+    fn scan(&self, record: &Record, side: Role, year: u16) -> Result<Body, String> {
         let code = self.required(record, "code")?;
         let mut scan = barcode::classify_code(&code);
         if scan.symbology == "unknown" {
@@ -445,7 +445,7 @@ impl Rule {
                 scan.symbology = s.into_owned();
             }
         }
-        Ok(barcode::to_body(Decoded::Scan(scan), Some(side)))
+        Ok(barcode::to_body(Decoded::Scan(scan), Some(side), year))
     }
 }
 
@@ -462,14 +462,14 @@ fn sscc_of(code: &str) -> Option<String> {
 /// Maps a record by the first rule whose `when` holds. No match, or a match whose fields
 /// cannot be mapped, is `Err` with the detail for a person (the agent makes it an
 /// `undecodable` exception carrying the raw bytes).
-pub fn apply(rules: &[Rule], record: &Record) -> Result<Body, String> {
+pub fn apply(rules: &[Rule], record: &Record, year: u16) -> Result<Body, String> {
     for (n, rule) in rules.iter().enumerate() {
         if rule
             .matches(record)
             .map_err(|e| format!("rule {}: {e}", n + 1))?
         {
             return rule
-                .build(record)
+                .build(record, year)
                 .map_err(|e| format!("rule {} ({}): {e}", n + 1, rule.kind));
         }
     }

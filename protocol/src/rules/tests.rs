@@ -23,7 +23,7 @@ fn rule(
         .unwrap_or_else(|p| panic!("{p:?}"))
 }
 
-/// The sorter of CONTRACT section 6 over MQTT JSON.
+/// The sorter of docs/configuration.md, decoders over MQTT JSON.
 fn json_rules() -> Vec<Rule> {
     vec![
         rule(
@@ -83,13 +83,14 @@ fn delimited_rules() -> Vec<Rule> {
 }
 
 fn json(text: &str) -> Result<Body, String> {
-    apply(&json_rules(), &Record::json(text.as_bytes())?)
+    apply(&json_rules(), &Record::json(text.as_bytes())?, 2026)
 }
 
 fn delimited(text: &str) -> Result<Body, String> {
     apply(
         &delimited_rules(),
         &Record::delimited(text.as_bytes(), "|")?,
+        2026,
     )
 }
 
@@ -173,6 +174,7 @@ fn a_mapped_scan_is_read_exactly_as_the_barcode_decoder_reads_it() {
     let want = barcode::to_body(
         barcode::decode(b"]C100106141412345678908", "NOREAD"),
         Some(Role::Packing),
+        2026,
     );
     assert_eq!(body, Ok(want));
     assert!(matches!(
@@ -188,7 +190,8 @@ fn a_mapped_scan_is_read_exactly_as_the_barcode_decoder_reads_it() {
     assert_eq!(
         apply(
             &[r],
-            &Record::delimited(b"ABC-1;code-39", ";").unwrap_or(Record::Columns(vec![]))
+            &Record::delimited(b"ABC-1;code-39", ";").unwrap_or(Record::Columns(vec![])),
+            2026
         ),
         Ok(Body::InventoryScan(InventoryScan {
             code: "ABC-1".into(),
@@ -204,7 +207,7 @@ fn a_mapped_scan_is_read_exactly_as_the_barcode_decoder_reads_it() {
     );
     let r = rule(&[], "shipment.scan", &[("code", "0")], &[]);
     assert!(matches!(
-        apply(&[r], &Record::Columns(vec!["XYZ"])),
+        apply(&[r], &Record::Columns(vec!["XYZ"]), 2026),
         Ok(Body::ShipmentScan(ShipmentScan { sscc: None, .. }))
     ));
 }
@@ -222,22 +225,26 @@ fn when_compares_numbers_and_booleans_by_their_json_text() {
     }
     assert!(apply(
         std::slice::from_ref(&r),
-        &rec(r#"{"n":42,"ok":true,"x":null,"r":"fault"}"#)
+        &rec(r#"{"n":42,"ok":true,"x":null,"r":"fault"}"#),
+        2026
     )
     .is_ok());
     assert!(apply(
         std::slice::from_ref(&r),
-        &rec(r#"{"n":"42","ok":"true","x":null,"r":"fault"}"#)
+        &rec(r#"{"n":"42","ok":"true","x":null,"r":"fault"}"#),
+        2026
     )
     .is_ok());
     assert!(apply(
         std::slice::from_ref(&r),
-        &rec(r#"{"n":42.0,"ok":true,"x":null,"r":"fault"}"#)
+        &rec(r#"{"n":42.0,"ok":true,"x":null,"r":"fault"}"#),
+        2026
     )
     .is_err());
     assert!(apply(
         std::slice::from_ref(&r),
-        &rec(r#"{"n":42,"ok":true,"r":"fault"}"#)
+        &rec(r#"{"n":42,"ok":true,"r":"fault"}"#),
+        2026
     )
     .is_err());
 }
@@ -273,16 +280,16 @@ fn failures_say_what_is_wrong() {
         Err("byte 0xFF at offset 2 is not valid UTF-8".into())
     );
     assert_eq!(
-        apply(&json_rules(), &Record::Columns(vec!["CONF"])),
+        apply(&json_rules(), &Record::Columns(vec!["CONF"]), 2026),
         Err("rule 1: JSON pointer \"/type\" used on a delimited telegram; use a column index such as \"0\"".into())
     );
     let r = rule(&[], "shipment.sort", &[("sscc", "0"), ("result", "1")], &[]);
     assert_eq!(
-        apply(&[r], &Record::Columns(vec!["106141412345678907", "diverted"])),
+        apply(&[r], &Record::Columns(vec!["106141412345678907", "diverted"]), 2026),
         Err("rule 1 (shipment.sort): field sscc: \"106141412345678907\" is not an SSCC (18 digits with a valid check digit)".into())
     );
     assert_eq!(
-        apply(&[], &Record::Columns(vec![])),
+        apply(&[], &Record::Columns(vec![]), 2026),
         Err("no rules are configured for this source".into())
     );
 }
@@ -374,7 +381,7 @@ proptest! {
     #[test]
     fn json_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
         if let Ok(r) = Record::json(&bytes) {
-            let _ = apply(&json_rules(), &r);
+            let _ = apply(&json_rules(), &r, 2026);
         }
     }
 
@@ -387,7 +394,7 @@ proptest! {
     #[test]
     fn delimited_never_panics(bytes in proptest::collection::vec(prop_oneof![Just(b'|'), any::<u8>()], 0..80)) {
         if let Ok(r) = Record::delimited(&bytes, "|") {
-            let _ = apply(&delimited_rules(), &r);
+            let _ = apply(&delimited_rules(), &r, 2026);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Scales (CONTRACT section 6, decoders `scale.mt_sics`, `scale.toledo`, `scale.ascii`): each
+//! Scales (docs/configuration.md, decoders, decoders `scale.mt_sics`, `scale.toledo`, `scale.ascii`): each
 //! decoder turns one frame into a [`ScaleReading`]; [`settle::Settler`] turns the stream of
 //! readings into at most one `shipment.weight` per item.
 //!

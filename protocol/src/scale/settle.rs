@@ -1,4 +1,4 @@
-//! The settle rule (CONTRACT section 6): a scale streams many frames per item; this turns them
+//! The settle rule (docs/configuration.md, decoders): a scale streams many frames per item; this turns them
 //! into at most one `shipment.weight` per item. Sans-IO: the caller passes the time of each
 //! reading, and calls [`Settler::tick`] when no frame arrives, so timeouts fire anyway.
 //!
@@ -28,7 +28,7 @@ use crate::event::{Body, ExceptionReason, ShipmentWeight, WeightMode};
 
 use super::ScaleReading;
 
-/// The settle rule's parameters (CONTRACT section 6 defaults in [`SettleConfig::default`]).
+/// The settle rule's parameters (docs/configuration.md, decoders defaults in [`SettleConfig::default`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettleConfig {
     /// How long the stability flag must hold one value: default 300 ms.
