@@ -17,8 +17,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
 use crate::config::BrokerAccess;
@@ -65,12 +67,23 @@ pub enum SetupError {
         path: PathBuf,
         cert: PathBuf,
     },
-    #[error("{}: cannot be used with {}: {source}; check that the key belongs to the certificate", .path.display(), .cert.display())]
-    ClientAuth {
+    #[error("{}: {what}, which the agent cannot sign with; use an RSA key of 2048 to 4096 bits, an ECDSA key on P-256 or P-384, or an Ed25519 key", .path.display())]
+    UnsupportedKey {
         key: String,
         path: PathBuf,
-        cert: PathBuf,
-        source: Box<rustls::Error>,
+        /// What the key is, e.g. "is an RSA key of 1024 bits"; never its contents.
+        what: String,
+    },
+    #[error("{}: its first certificate is not an X.509 certificate (its DER does not parse); put the client certificate first, in PEM", .path.display())]
+    UnparsableCertificate { key: String, path: PathBuf },
+    #[error("{}: certificate {index} of {count} is the one of {}; put the client certificate first, then the CA certificates that issued it", .path.display(), .key_path.display())]
+    CertificateOrder {
+        key: String,
+        path: PathBuf,
+        key_path: PathBuf,
+        /// 1-based.
+        index: usize,
+        count: usize,
     },
     #[error("{}: the first line is empty; write the password on the first line", .path.display())]
     EmptyPassword { key: String, path: PathBuf },
@@ -90,7 +103,9 @@ impl SetupError {
             | SetupError::UnusableCa { key, .. }
             | SetupError::BadKey { key, .. }
             | SetupError::KeyMismatch { key, .. }
-            | SetupError::ClientAuth { key, .. }
+            | SetupError::UnsupportedKey { key, .. }
+            | SetupError::UnparsableCertificate { key, .. }
+            | SetupError::CertificateOrder { key, .. }
             | SetupError::EmptyPassword { key, .. }
             | SetupError::Provider(_, key) => key,
         }
@@ -209,29 +224,308 @@ pub fn client_config(a: &BrokerAccess) -> Result<ClientConfig, Vec<SetupError>> 
     if !errors.is_empty() {
         return Err(errors);
     }
-    let builder =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| vec![SetupError::Provider(Box::new(e), a.key.clone())])?
-            .with_root_certificates(roots);
-    match identity {
-        None => Ok(builder.with_no_client_auth()),
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let identity = match identity {
+        None => None,
         Some((chain, der, cert, key)) => {
-            builder.with_client_auth_cert(chain, der).map_err(|source| {
-                let (key, path, cert) = (k("key_file"), key.clone(), cert.clone());
-                vec![match source {
-                    rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
-                        SetupError::KeyMismatch { key, path, cert }
-                    }
-                    source => SetupError::ClientAuth {
-                        key,
-                        path,
-                        cert,
-                        source: Box::new(source),
-                    },
-                }]
-            })
+            Some(certified_key(&provider, &a.key, chain, der, cert, key).map_err(|e| vec![e])?)
         }
+    };
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| vec![SetupError::Provider(Box::new(e), a.key.clone())])?
+        .with_root_certificates(roots);
+    Ok(match identity {
+        None => builder.with_no_client_auth(),
+        Some(certified) => {
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified)))
+        }
+    })
+}
+
+/// The client certificate chain with its key, once the key is known to be the certificate's.
+///
+/// Not `with_client_auth_cert`: rustls checks the pair by parsing the certificate with webpki,
+/// which takes X.509 version 3 only, and `openssl x509 -req` without an extension file (as
+/// mosquitto's TLS manual makes client certificates) gives version 1. The agent only presents
+/// its certificate (the broker verifies it), so any version will do: the key is matched by its
+/// public key against the certificate's SubjectPublicKeyInfo, found by a DER walk that does
+/// not care about the version.
+fn certified_key(
+    provider: &CryptoProvider,
+    access_key: &str,
+    chain: Vec<CertificateDer<'static>>,
+    der: PrivateKeyDer<'static>,
+    cert: &Path,
+    key: &Path,
+) -> Result<CertifiedKey, SetupError> {
+    let k = |name: &str| format!("{access_key}.{name}");
+    let what = key_description(&der);
+    let signer =
+        provider
+            .key_provider
+            .load_private_key(der)
+            .map_err(|_| SetupError::UnsupportedKey {
+                key: k("key_file"),
+                path: key.to_path_buf(),
+                what,
+            })?;
+    let Some(first) = chain.first() else {
+        return Err(SetupError::NoCertificate {
+            key: k("cert_file"),
+            path: cert.to_path_buf(),
+        });
+    };
+    let Some(cert_key) = der::certificate_public_key(first) else {
+        return Err(SetupError::UnparsableCertificate {
+            key: k("cert_file"),
+            path: cert.to_path_buf(),
+        });
+    };
+    // A provider that cannot tell its public key cannot be checked (rustls accepts it too).
+    if let Some(own) = public_key(signer.as_ref()) {
+        if own != cert_key {
+            let later = chain
+                .iter()
+                .skip(1)
+                .position(|c| der::certificate_public_key(c).is_some_and(|other| other == own));
+            return Err(match later {
+                Some(i) => SetupError::CertificateOrder {
+                    key: k("cert_file"),
+                    path: cert.to_path_buf(),
+                    key_path: key.to_path_buf(),
+                    index: i + 2,
+                    count: chain.len(),
+                },
+                None => SetupError::KeyMismatch {
+                    key: k("key_file"),
+                    path: key.to_path_buf(),
+                    cert: cert.to_path_buf(),
+                },
+            });
+        }
+    }
+    Ok(CertifiedKey::new(chain, signer))
+}
+
+/// The algorithm and public key bits of a signing key, as in a SubjectPublicKeyInfo.
+fn public_key(signer: &dyn SigningKey) -> Option<der::PublicKey> {
+    let spki = signer.public_key()?;
+    der::spki(spki.as_ref())
+}
+
+/// What a private key is, for a message about why it cannot be used ("is an RSA key of 1024
+/// bits"); it says nothing of the key's secret parts.
+fn key_description(der: &PrivateKeyDer<'_>) -> String {
+    let rsa = |rsa_key: &[u8], refusal: Option<ring::error::KeyRejected>| match (
+        der::rsa_modulus_bits(rsa_key),
+        refusal,
+    ) {
+        (Some(bits), _) if !(2048..=4096).contains(&bits) => {
+            format!("is an RSA key of {bits} bits")
+        }
+        (Some(bits), Some(why)) => {
+            format!("is an RSA key of {bits} bits that the TLS library refuses ({why})")
+        }
+        (_, Some(why)) => format!("is an RSA key that the TLS library refuses ({why})"),
+        (_, None) => "is an RSA key that the TLS library refuses".to_string(),
+    };
+    let unreadable =
+        || "is not a private key the TLS library can read (its DER does not parse)".to_string();
+    let ecdsa = |curve: &[u8]| match der::curve_name(curve) {
+        (name, true) => format!("is an ECDSA key on {name} that the TLS library refuses"),
+        (name, false) => format!("is an ECDSA key on {name}"),
+    };
+    match der {
+        PrivateKeyDer::Pkcs1(k) => {
+            let der = k.secret_pkcs1_der();
+            rsa(der, ring::signature::RsaKeyPair::from_der(der).err())
+        }
+        PrivateKeyDer::Sec1(k) => match der::sec1_curve(k.secret_sec1_der()) {
+            Some(curve) => ecdsa(curve),
+            None => unreadable(),
+        },
+        PrivateKeyDer::Pkcs8(k) => {
+            let der = k.secret_pkcs8_der();
+            match der::pkcs8(der) {
+                Some(der::Pkcs8 {
+                    algorithm: der::RSA_ENCRYPTION,
+                    key: Some(inner),
+                    ..
+                }) => rsa(inner, ring::signature::RsaKeyPair::from_pkcs8(der).err()),
+                Some(der::Pkcs8 {
+                    algorithm: der::EC_PUBLIC_KEY,
+                    curve: Some(curve),
+                    ..
+                }) => ecdsa(curve),
+                Some(der::Pkcs8 {
+                    algorithm: der::ED25519,
+                    ..
+                }) => "is an Ed25519 key that the TLS library refuses".to_string(),
+                Some(der::Pkcs8 { algorithm, .. }) => match der::algorithm_name(algorithm) {
+                    Some(name) => format!("is {name} key"),
+                    None => "is a key of an algorithm the agent does not know".to_string(),
+                },
+                None => unreadable(),
+            }
+        }
+        _ => "is a private key of a kind the agent does not know".to_string(),
+    }
+}
+
+/// Just enough DER to find a certificate's public key (in any X.509 version) and to say what
+/// a private key is. Lengths are read leniently: this only compares and describes.
+mod der {
+    const SEQUENCE: u8 = 0x30;
+    const INTEGER: u8 = 0x02;
+    const BIT_STRING: u8 = 0x03;
+    const OCTET_STRING: u8 = 0x04;
+    const OID: u8 = 0x06;
+    /// `[0] EXPLICIT`: a certificate's version, an EC key's curve.
+    const CONTEXT_0: u8 = 0xa0;
+
+    /// 1.2.840.113549.1.1.1
+    pub(super) const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 1];
+    /// 1.2.840.10045.2.1
+    pub(super) const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 2, 1];
+    /// 1.3.101.112
+    pub(super) const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+
+    /// A public key as a SubjectPublicKeyInfo has it: the algorithm's OID and the key's bits.
+    /// The algorithm's parameters are left out: RSA's NULL may be missing, and the bits
+    /// alone tell one key from another.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(super) struct PublicKey {
+        algorithm: Vec<u8>,
+        bits: Vec<u8>,
+    }
+
+    /// The tag, the contents and what follows of the first TLV in `input`.
+    fn next(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        if tag & 0x1f == 0x1f {
+            return None; // multi-byte tags occur in none of these structures
+        }
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let (bytes, rest) = rest.split_at(n);
+            let len = bytes
+                .iter()
+                .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+            (len, rest)
+        };
+        if rest.len() < len {
+            return None;
+        }
+        let (contents, rest) = rest.split_at(len);
+        Some((tag, contents, rest))
+    }
+
+    /// The contents of the first TLV if it has tag `tag`, and what follows it.
+    fn take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        let (t, contents, rest) = next(input)?;
+        (t == tag).then_some((contents, rest))
+    }
+
+    /// From the contents of a SubjectPublicKeyInfo SEQUENCE.
+    fn spki_contents(spki: &[u8]) -> Option<PublicKey> {
+        let (algorithm, rest) = take(spki, SEQUENCE)?;
+        let (oid, _) = take(algorithm, OID)?;
+        let (bits, _) = take(rest, BIT_STRING)?;
+        Some(PublicKey {
+            algorithm: oid.to_vec(),
+            bits: bits.to_vec(),
+        })
+    }
+
+    /// From a whole SubjectPublicKeyInfo.
+    pub(super) fn spki(der: &[u8]) -> Option<PublicKey> {
+        spki_contents(take(der, SEQUENCE)?.0)
+    }
+
+    /// The subject's public key of an X.509 certificate of any version:
+    /// `Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL (absent in
+    /// v1), serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ... }`.
+    pub(super) fn certificate_public_key(der: &[u8]) -> Option<PublicKey> {
+        let (certificate, _) = take(der, SEQUENCE)?;
+        let (tbs, _) = take(certificate, SEQUENCE)?;
+        let mut rest = take(tbs, CONTEXT_0).map_or(tbs, |(_, rest)| rest);
+        rest = take(rest, INTEGER)?.1;
+        for _ in ["signature", "issuer", "validity", "subject"] {
+            rest = take(rest, SEQUENCE)?.1;
+        }
+        spki_contents(take(rest, SEQUENCE)?.0)
+    }
+
+    /// The modulus size of an RSAPrivateKey (PKCS#1): `SEQUENCE { version, modulus, ... }`.
+    pub(super) fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+        let (key, _) = take(der, SEQUENCE)?;
+        let rest = take(key, INTEGER)?.1;
+        let (modulus, _) = take(rest, INTEGER)?;
+        let start = modulus.iter().position(|&b| b != 0)?;
+        let top = modulus[start];
+        Some((modulus.len() - start - 1) * 8 + (8 - top.leading_zeros() as usize))
+    }
+
+    /// What a PKCS#8 PrivateKeyInfo says of its key.
+    pub(super) struct Pkcs8<'a> {
+        pub(super) algorithm: &'a [u8],
+        /// The OID in the algorithm's parameters: an EC key's curve.
+        pub(super) curve: Option<&'a [u8]>,
+        /// The inner private key, e.g. an RSAPrivateKey.
+        pub(super) key: Option<&'a [u8]>,
+    }
+
+    /// `PrivateKeyInfo ::= SEQUENCE { version, AlgorithmIdentifier, privateKey OCTET STRING,
+    /// ... }`.
+    pub(super) fn pkcs8(der: &[u8]) -> Option<Pkcs8<'_>> {
+        let (info, _) = take(der, SEQUENCE)?;
+        let rest = take(info, INTEGER)?.1;
+        let (algorithm, rest) = take(rest, SEQUENCE)?;
+        let (oid, params) = take(algorithm, OID)?;
+        Some(Pkcs8 {
+            algorithm: oid,
+            curve: take(params, OID).map(|(p, _)| p),
+            key: take(rest, OCTET_STRING).map(|(k, _)| k),
+        })
+    }
+
+    /// The curve OID of a SEC1 ECPrivateKey: `SEQUENCE { version, privateKey, [0] curve, ... }`.
+    pub(super) fn sec1_curve(der: &[u8]) -> Option<&[u8]> {
+        let (key, _) = take(der, SEQUENCE)?;
+        let rest = take(key, INTEGER)?.1;
+        let rest = take(rest, OCTET_STRING)?.1;
+        let (params, _) = take(rest, CONTEXT_0)?;
+        take(params, OID).map(|(oid, _)| oid)
+    }
+
+    /// The curve's name, and whether the agent signs with keys on it.
+    pub(super) fn curve_name(oid: &[u8]) -> (&'static str, bool) {
+        match oid {
+            [0x2a, 0x86, 0x48, 0xce, 0x3d, 3, 1, 7] => ("P-256 (prime256v1)", true),
+            [0x2b, 0x81, 0x04, 0x00, 0x22] => ("P-384 (secp384r1)", true),
+            [0x2b, 0x81, 0x04, 0x00, 0x23] => ("P-521 (secp521r1)", false),
+            [0x2b, 0x81, 0x04, 0x00, 0x0a] => ("secp256k1", false),
+            _ => ("a curve other than P-256 and P-384", false),
+        }
+    }
+
+    /// "an Ed448" and the like, for PKCS#8 algorithms other than RSA, EC and Ed25519.
+    pub(super) fn algorithm_name(oid: &[u8]) -> Option<&'static str> {
+        Some(match oid {
+            [0x2b, 0x65, 0x71] => "an Ed448",
+            [0x2b, 0x65, 0x6e] => "an X25519 (key agreement only)",
+            [0x2b, 0x65, 0x6f] => "an X448 (key agreement only)",
+            [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 1, 10] => "an RSA-PSS",
+            [0x2a, 0x86, 0x48, 0xce, 0x38, 4, 1] => "a DSA",
+            _ => return None,
+        })
     }
 }
 
@@ -434,6 +728,47 @@ mod tests {
             assert_eq!(got.as_ref().map(|p| p.expose()), want, "{text:?}");
         }
         Ok(())
+    }
+
+    /// A v1 certificate's TBS has no `[0]` version; a v3 one has. Both give the same key.
+    #[test]
+    fn the_public_key_is_found_in_certificates_of_either_version() {
+        let spki = [
+            0x30, 0x0b, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x02, 0x00, 0x07,
+        ];
+        let tbs = |version: &[u8]| {
+            let mut body = version.to_vec();
+            body.extend_from_slice(&[0x02, 0x01, 0x01]); // serialNumber
+            for _ in 0..4 {
+                body.extend_from_slice(&[0x30, 0x00]); // signature, issuer, validity, subject
+            }
+            body.extend_from_slice(&spki);
+            let mut tbs = vec![0x30, body.len() as u8];
+            tbs.extend(body);
+            let mut cert = vec![0x30, tbs.len() as u8];
+            cert.extend(tbs);
+            cert
+        };
+        let v1 = der::certificate_public_key(&tbs(&[]));
+        let v3 = der::certificate_public_key(&tbs(&[0xa0, 0x03, 0x02, 0x01, 0x02]));
+        assert!(v1.is_some());
+        assert_eq!(v1, v3);
+        assert_eq!(v1, der::spki(&spki));
+        let whole = tbs(&[]);
+        for end in 0..whole.len() {
+            assert_eq!(der::certificate_public_key(&whole[..end]), None, "{end}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn walking_any_bytes_as_der_does_not_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let _ = der::certificate_public_key(&bytes);
+            let _ = der::spki(&bytes);
+            let _ = der::rsa_modulus_bits(&bytes);
+            let _ = der::pkcs8(&bytes);
+            let _ = der::sec1_curve(&bytes);
+        }
     }
 
     #[test]

@@ -126,6 +126,75 @@ impl Pki {
         chmod(&self.path(&format!("{name}.key")), 0o600)
     }
 
+    /// A client certificate made exactly as mosquitto's TLS manual (mosquitto-tls(7)) makes
+    /// one: a key, a CSR, and `openssl x509 -req ... -CAcreateserial` with no extension file,
+    /// which gives an X.509 version 1 certificate. The key is RSA 2048 as in the manual
+    /// (`genrsa`, PKCS#8) or EC P-256 (`ecparam -genkey`, SEC1 "EC PRIVATE KEY").
+    fn manual_client(&self, name: &str, cn: &str, key: ManualKey) -> Result<()> {
+        let key_file = format!("{name}.key");
+        match key {
+            ManualKey::Rsa => self.openssl(&["genrsa", "-out", &key_file, "2048"])?,
+            ManualKey::Ec => self.openssl(&[
+                "ecparam",
+                "-genkey",
+                "-name",
+                "prime256v1",
+                "-noout",
+                "-out",
+                &key_file,
+            ])?,
+        }
+        self.openssl(&[
+            "req",
+            "-out",
+            &format!("{name}.csr"),
+            "-key",
+            &key_file,
+            "-new",
+            "-subj",
+            &format!("/CN={cn}"),
+        ])?;
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "365",
+        ])?;
+        chmod(&self.path(&key_file), 0o600)?;
+        let text =
+            self.openssl_text(&["x509", "-in", &format!("{name}.crt"), "-noout", "-text"])?;
+        ensure!(
+            text.contains("Version: 1 (0x0)"),
+            "openssl made no version 1 certificate:\n{text}"
+        );
+        Ok(())
+    }
+
+    /// Like [`Pki::openssl`], and returns what it printed.
+    fn openssl_text(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .context("running openssl; install it (apt-get install -y openssl) or run tests/run")?;
+        ensure!(
+            out.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// mosquitto listener lines for a TLS listener on `port` with the server certificate.
     fn listener(&self, port: u16, more: &str) -> String {
         format!(
@@ -135,6 +204,13 @@ impl Pki {
             self.path("server.key").display(),
         )
     }
+}
+
+/// The key type of [`Pki::manual_client`].
+#[derive(Clone, Copy)]
+enum ManualKey {
+    Rsa,
+    Ec,
 }
 
 fn chmod(path: &Path, mode: u32) -> Result<()> {
@@ -545,5 +621,194 @@ fn config_push_reaches_a_mutual_tls_broker_and_says_which_flag_is_missing_withou
         later.all().into_iter().next()
     })?;
     ensure!(got.json()["version"] == 4, "{:?}", got.json());
+    Ok(())
+}
+
+#[test]
+fn version_1_client_certificates_made_as_in_mosquittos_manual_deliver_over_mutual_tls_with_rsa_and_ec_keys(
+) -> Result<()> {
+    let pki = Pki::make()?;
+    pki.manual_client("manual-rsa", "edge-agent-rsa", ManualKey::Rsa)?;
+    pki.manual_client("manual-ec", "edge-agent-ec", ManualKey::Ec)?;
+    let tls_port = free_port();
+    let broker = Broker::start_with(
+        &pki.listener(tls_port, "allow_anonymous true\nrequire_certificate true\n"),
+    )?;
+    let sink = Collector::subscribe(broker.port, "edge/#")?;
+    let device = Collector::subscribe(broker.port, "unused/#")?;
+    let tls_url = format!("mqtts://127.0.0.1:{tls_port}");
+    let auth = |name: &str| {
+        format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+            pki.path("ca.crt").display(),
+            pki.path(&format!("{name}.crt")).display(),
+            pki.path(&format!("{name}.key")).display()
+        )
+    };
+    // Upstream presents the RSA certificate, the source reading over TLS the EC one.
+    let text = config(
+        &format!("url = \"{tls_url}\"\n{}", auth("manual-rsa")),
+        &mqtt_source("scanner-v1", &tls_url, &auth("manual-ec")),
+    );
+    let agent = Agent::start(&text)?;
+    let (code, out, err) = run_cli(
+        &[
+            "check-config",
+            "--config",
+            &agent.config.display().to_string(),
+        ],
+        &[],
+    )?;
+    ensure!(code == 0, "check-config: exit {code}: {out}{err}");
+    agent.wait_source("scanner-v1", "open")?;
+    wait_upstream(
+        &agent,
+        "upstream connected with a v1 RSA certificate",
+        |u| u["connected"] == true,
+    )?;
+    let want: Vec<String> = (0..20).map(|i| format!("LPN{i:06}")).collect();
+    for code in &want {
+        device.publish("site/scanner-v1", code.as_str())?;
+    }
+    let events = sink.wait_events(want.len(), DEADLINE)?;
+    ensure!(codes(&events) == want, "{:?}", codes(&events));
+    ensure!(
+        events.iter().all(|e| e["source"] == "scanner-v1"),
+        "{events:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn check_config_names_the_real_fault_of_a_client_certificate_and_key() -> Result<()> {
+    let pki = Pki::make()?;
+    pki.manual_client("manual-rsa", "edge-agent-rsa", ManualKey::Rsa)?;
+    pki.manual_client("manual-ec", "edge-agent-ec", ManualKey::Ec)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("agent.toml");
+    let path_s = path.display().to_string();
+    let check = |cert: &Path, key: &Path| -> Result<(i32, String)> {
+        std::fs::write(
+            &path,
+            config(
+                &format!(
+                    "url = \"mqtts://127.0.0.1:8883\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+                    pki.path("ca.crt").display(),
+                    cert.display(),
+                    key.display()
+                ),
+                "",
+            ),
+        )?;
+        let (code, out, err) = run_cli(&["check-config", "--config", &path_s], &[])?;
+        Ok((code, format!("{out}{err}")))
+    };
+    let mismatch = |key: &Path, cert: &Path| {
+        format!(
+            "upstream.key_file: {}: is not the private key of {}; give the key that belongs to the certificate",
+            key.display(),
+            cert.display()
+        )
+    };
+
+    // Each v1 certificate with its own key passes; with the other's key, or with the key of a
+    // v3 certificate, the pair is refused naming both files.
+    for (cert, key, other) in [
+        ("manual-rsa.crt", "manual-rsa.key", "manual-ec.key"),
+        ("manual-ec.crt", "manual-ec.key", "manual-rsa.key"),
+        ("manual-ec.crt", "manual-ec.key", "client.key"),
+        ("client.crt", "client.key", "manual-ec.key"),
+    ] {
+        let (cert, key, other) = (pki.path(cert), pki.path(key), pki.path(other));
+        let (code, text) = check(&cert, &key)?;
+        ensure!(code == 0, "{}: exit {code}: {text}", cert.display());
+        let (code, text) = check(&cert, &other)?;
+        ensure!(
+            code == 2 && text.contains(&mismatch(&other, &cert)),
+            "{} with {}: exit {code}: {text}",
+            cert.display(),
+            other.display()
+        );
+        ensure!(
+            !text.contains("check that the key belongs"),
+            "the catch-all message: {text}"
+        );
+    }
+
+    // The CA first, then the client certificate: the agent says to put the client's first.
+    let reversed = dir.path().join("reversed.crt");
+    std::fs::write(
+        &reversed,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(pki.path("ca.crt"))?,
+            std::fs::read_to_string(pki.path("manual-rsa.crt"))?
+        ),
+    )?;
+    let (code, text) = check(&reversed, &pki.path("manual-rsa.key"))?;
+    ensure!(
+        code == 2
+            && text.contains(&format!(
+                "upstream.cert_file: {}: certificate 2 of 2 is the one of {}; put the client certificate first",
+                reversed.display(),
+                pki.path("manual-rsa.key").display()
+            )),
+        "exit {code}: {text}"
+    );
+
+    // A PEM block that is no X.509 certificate.
+    let junk = dir.path().join("junk.crt");
+    std::fs::write(
+        &junk,
+        "-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n",
+    )?;
+    let (code, text) = check(&junk, &pki.path("manual-rsa.key"))?;
+    ensure!(
+        code == 2
+            && text.contains(&format!(
+                "upstream.cert_file: {}: its first certificate is not an X.509 certificate",
+                junk.display()
+            )),
+        "exit {code}: {text}"
+    );
+
+    // Keys the agent cannot sign with are named for what they are.
+    for (name, args, what) in [
+        (
+            "rsa1024.key",
+            &["genrsa", "-out", "rsa1024.key", "1024"][..],
+            "is an RSA key of 1024 bits",
+        ),
+        (
+            "p521.key",
+            &[
+                "ecparam",
+                "-genkey",
+                "-name",
+                "secp521r1",
+                "-noout",
+                "-out",
+                "p521.key",
+            ][..],
+            "is an ECDSA key on P-521 (secp521r1)",
+        ),
+        (
+            "ed448.key",
+            &["genpkey", "-algorithm", "ed448", "-out", "ed448.key"][..],
+            "is an Ed448 key",
+        ),
+    ] {
+        pki.openssl(args)?;
+        let key = pki.path(name);
+        let (code, text) = check(&pki.path("manual-rsa.crt"), &key)?;
+        ensure!(
+            code == 2
+                && text.contains(&format!(
+                    "upstream.key_file: {}: {what}, which the agent cannot sign with; use an RSA key of 2048 to 4096 bits, an ECDSA key on P-256 or P-384, or an Ed25519 key",
+                    key.display()
+                )),
+            "{name}: exit {code}: {text}"
+        );
+    }
     Ok(())
 }
