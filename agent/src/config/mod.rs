@@ -4,6 +4,7 @@
 //! `config` crate), then reads each section and each source on its own so that one bad key does
 //! not hide the others: every problem is collected and reported at once, each naming its key.
 
+mod read;
 mod units;
 
 use std::collections::HashSet;
@@ -14,6 +15,9 @@ use std::time::Duration;
 use edge_protocol::Role;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use read::Collector;
 
 pub use units::{ByteSize, Span};
 
@@ -642,51 +646,6 @@ impl fmt::Display for Problems {
     }
 }
 
-#[derive(Default)]
-struct Collector(Vec<Problem>);
-
-impl Collector {
-    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            key: key.into(),
-            message: message.into(),
-        });
-    }
-
-    /// Reads `value` as `T`, recording the failing key under `prefix`.
-    fn read<T: DeserializeOwned>(&mut self, prefix: &str, value: serde_json::Value) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                let path = e.path().to_string();
-                let key = if path == "." || path.is_empty() {
-                    prefix.to_string()
-                } else if prefix.is_empty() {
-                    path
-                } else {
-                    format!("{prefix}.{path}")
-                };
-                self.push(key, humanize(&e.into_inner().to_string()));
-                None
-            }
-        }
-    }
-}
-
-/// Turns serde's wording into something an operator can act on.
-fn humanize(msg: &str) -> String {
-    if let Some(rest) = msg.strip_prefix("unknown field ") {
-        let field = rest.split(',').next().unwrap_or(rest);
-        return format!(
-            "unknown key {field}; check the spelling against config/agent.example.toml"
-        );
-    }
-    if let Some(rest) = msg.strip_prefix("missing field ") {
-        return format!("required key {rest} is missing");
-    }
-    msg.to_string()
-}
-
 /// Loads `path` with environment overrides and validates it.
 pub fn load(path: &Path) -> Result<Config, Problems> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -731,11 +690,20 @@ pub fn toml_tree(text: &str, origin: &str) -> Result<serde_json::Value, String> 
         .map_err(|e| format!("{origin}: {e}"))
 }
 
+/// The top-level sections.
+const SECTIONS: [&str; 6] = [
+    "site", "storage", "upstream", "stations", "sources", "control",
+];
+
 /// Builds and validates a configuration from its document tree.
-pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
+///
+/// Every section and every list entry is read on its own, and within one every failing key is
+/// reported and set aside (see `read`), so one mistake hides no other: the semantic checks
+/// (`validate`) then run on everything that did read.
+pub fn from_value(doc: Value) -> Result<Config, Problems> {
     let tree = doc.clone();
     let mut c = Collector::default();
-    let serde_json::Value::Object(mut top) = doc else {
+    let Value::Object(mut top) = doc else {
         return Err(Problems(vec![Problem {
             key: String::new(),
             message: "the configuration must be a TOML table".into(),
@@ -744,40 +712,43 @@ pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
     let mut take = |name: &str| top.remove(name);
 
     let site: Option<Site> = match take("site") {
-        Some(v) => c.read("site", v),
+        Some(v) => c.read("site", v, "[site]"),
         None => {
             c.push(
                 "site.id",
                 "required key is missing; set [site] id = \"dc-xxx-01\"",
             );
-            None
+            c.poison("site");
+            c.read("site", Value::Object(Map::new()), "[site]")
         }
     };
     let storage: Option<Storage> = match take("storage") {
-        Some(v) => c.read("storage", v),
+        Some(v) => c.read("storage", v, "[storage]"),
         None => Some(Storage::default()),
     };
     let upstream: Option<Upstream> = match take("upstream") {
-        Some(v) => c.read("upstream", v),
+        Some(v) => c.read("upstream", v, "[upstream]"),
         None => {
             c.push(
                 "upstream.url",
                 "required key is missing; set [upstream] url = \"mqtt://host:1883\"",
             );
-            None
+            c.poison("upstream");
+            c.read("upstream", Value::Object(Map::new()), "[upstream]")
         }
     };
     let control: Option<Control> = match take("control") {
-        Some(v) => c.read("control", v),
+        Some(v) => c.read("control", v, "[control]"),
         None => Some(Control::default()),
     };
-    let stations: Vec<Station> = read_list(&mut c, "stations", take("stations"));
-    let mut sources = Sources::default();
+    let stations = read_list::<Station>(&mut c, "stations", take("stations"));
+    let mut serial = Entries::default();
+    let mut mqtt = Entries::default();
     if let Some(v) = take("sources") {
         match v {
-            serde_json::Value::Object(mut m) => {
-                sources.serial = read_list(&mut c, "sources.serial", m.remove("serial"));
-                sources.mqtt = read_list(&mut c, "sources.mqtt", m.remove("mqtt"));
+            Value::Object(mut m) => {
+                serial = read_list(&mut c, "sources.serial", m.remove("serial"));
+                mqtt = read_list(&mut c, "sources.mqtt", m.remove("mqtt"));
                 for k in m.keys() {
                     c.push(
                         format!("sources.{k}"),
@@ -794,52 +765,127 @@ pub fn from_value(doc: serde_json::Value) -> Result<Config, Problems> {
     for k in top.keys() {
         c.push(
             k.clone(),
-            "unknown section; check the spelling against config/agent.example.toml",
+            format!(
+                "unknown section; known sections are {}",
+                SECTIONS.join(", ")
+            ),
         );
     }
 
-    match (site, storage, upstream, control) {
-        (Some(site), Some(storage), Some(upstream), Some(control)) => {
-            let mut config = Config {
-                site,
-                storage,
-                upstream,
-                stations,
-                sources,
-                control,
-                warnings: Vec::new(),
-                tree,
-            };
-            let mut warnings = Collector::default();
-            validate(&config, &mut c, &mut warnings);
-            config.warnings = warnings.0;
-            if c.0.is_empty() {
-                Ok(config)
-            } else {
-                Err(Problems(c.0))
+    let (Some(site), Some(storage), Some(upstream), Some(control)) =
+        (site, storage, upstream, control)
+    else {
+        return Err(in_file_order(c.problems));
+    };
+    let at = Positions {
+        stations: stations.at,
+        serial: serial.at,
+        mqtt: mqtt.at,
+    };
+    let mut config = Config {
+        site,
+        storage,
+        upstream,
+        stations: stations.items,
+        sources: Sources {
+            serial: serial.items,
+            mqtt: mqtt.items,
+        },
+        control,
+        warnings: Vec::new(),
+        tree,
+    };
+    let mut warnings = Collector::default();
+    validate(&config, &at, &mut c, &mut warnings);
+    config.warnings = warnings.problems;
+    if c.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(in_file_order(c.problems))
+    }
+}
+
+/// Problems grouped by section and list entry, in the order of the example file; within one
+/// entry, what did not read comes before what is wrong.
+fn in_file_order(mut problems: Vec<Problem>) -> Problems {
+    fn place(key: &str) -> (usize, usize) {
+        let lists = ["stations", "sources.serial", "sources.mqtt"];
+        for (n, list) in lists.iter().enumerate() {
+            if let Some(rest) = key.strip_prefix(list).and_then(|r| r.strip_prefix('[')) {
+                let i = rest
+                    .split(']')
+                    .next()
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(0);
+                return (10 + n, i);
             }
         }
-        _ => Err(Problems(c.0)),
+        let section = key.split(['.', '[']).next().unwrap_or(key);
+        let rank = match section {
+            "site" => 1,
+            "storage" => 2,
+            "upstream" => 3,
+            "stations" => 10,
+            "sources" => 11,
+            "control" => 20,
+            "" => 0,
+            _ => 30,
+        };
+        (rank, 0)
+    }
+    problems.sort_by_key(|p| place(&p.key));
+    Problems(problems)
+}
+
+/// The entries of one list that could be read, with their positions in the file.
+struct Entries<T> {
+    items: Vec<T>,
+    at: Vec<usize>,
+}
+
+impl<T> Default for Entries<T> {
+    fn default() -> Self {
+        Entries {
+            items: Vec::new(),
+            at: Vec::new(),
+        }
+    }
+}
+
+/// Where each read entry of the lists is in the file: an entry that could not be read at all
+/// is left out of the configuration, and the keys of the ones after it keep their numbers.
+struct Positions {
+    stations: Vec<usize>,
+    serial: Vec<usize>,
+    mqtt: Vec<usize>,
+}
+
+impl Positions {
+    fn of(list: &[usize], i: usize) -> usize {
+        list.get(i).copied().unwrap_or(i)
     }
 }
 
 fn read_list<T: DeserializeOwned>(
     c: &mut Collector,
     key: &str,
-    value: Option<serde_json::Value>,
-) -> Vec<T> {
+    value: Option<Value>,
+) -> Entries<T> {
+    let mut list = Entries::default();
     match value {
-        None => Vec::new(),
-        Some(serde_json::Value::Array(items)) => items
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, v)| c.read(&format!("{key}[{i}]"), v))
-            .collect(),
-        Some(_) => {
-            c.push(key, format!("must be an array of tables: [[{key}]]"));
-            Vec::new()
+        None => {}
+        Some(Value::Array(items)) => {
+            let table = format!("[[{key}]]");
+            for (i, v) in items.into_iter().enumerate() {
+                if let Some(item) = c.read(&format!("{key}[{i}]"), v, &table) {
+                    list.items.push(item);
+                    list.at.push(i);
+                }
+            }
         }
+        Some(_) => c.push(key, format!("must be an array of tables: [[{key}]]")),
     }
+    list
 }
 
 const STANDARD_BAUD: [u32; 22] = [
@@ -931,6 +977,10 @@ fn check_access(c: &mut Collector, w: &mut Collector, a: &BrokerAccess) {
     let k = &a.key;
     // An invalid URL is reported on its own; the TLS keys are checked once it says which.
     let tls = parse_mqtt_url(&a.url).map(|addr| addr.tls).ok();
+    // A TLS key that failed to read is reported already; the others are checked with it.
+    let tls_keys_read = ["ca_file", "cert_file", "key_file"]
+        .iter()
+        .all(|name| !c.is_poisoned(&format!("{k}.{name}")));
     if tls == Some(false) {
         for (name, set) in [
             ("ca_file", a.ca_file.is_some()),
@@ -944,7 +994,7 @@ fn check_access(c: &mut Collector, w: &mut Collector, a: &BrokerAccess) {
                 );
             }
         }
-    } else if tls == Some(true) {
+    } else if tls == Some(true) && tls_keys_read {
         if let Err(errors) = crate::tls::client_config(a) {
             for e in errors {
                 c.push(e.key().to_string(), e.to_string());
@@ -957,7 +1007,7 @@ fn check_access(c: &mut Collector, w: &mut Collector, a: &BrokerAccess) {
             "must be 1 to 65535 characters; remove it to connect without one",
         ),
         Some(_) => {}
-        None if a.password_file.is_some() => c.push(
+        None if a.password_file.is_some() && !c.is_poisoned(&format!("{k}.username")) => c.push(
             format!("{k}.username"),
             "required with password_file: MQTT sends a password only with a user name",
         ),
@@ -979,7 +1029,7 @@ fn check_access(c: &mut Collector, w: &mut Collector, a: &BrokerAccess) {
     }
 }
 
-fn validate(cfg: &Config, c: &mut Collector, w: &mut Collector) {
+fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut Collector) {
     if !valid_site_id(&cfg.site.id) {
         c.push(
             "site.id",
@@ -1042,6 +1092,7 @@ fn validate(cfg: &Config, c: &mut Collector, w: &mut Collector) {
 
     let mut station_ids = HashSet::new();
     for (i, s) in cfg.stations.iter().enumerate() {
+        let i = Positions::of(&at.stations, i);
         if !valid_name(&s.id) {
             c.push(
                 format!("stations[{i}].id"),
@@ -1090,7 +1141,7 @@ fn validate(cfg: &Config, c: &mut Collector, w: &mut Collector) {
     };
 
     for (i, s) in cfg.sources.serial.iter().enumerate() {
-        let key = format!("sources.serial[{i}]");
+        let key = format!("sources.serial[{}]", Positions::of(&at.serial, i));
         check_common(c, &key, &s.id, &s.station, &s.decoding(), true);
         if !STANDARD_BAUD.contains(&s.baud) {
             c.push(
@@ -1122,6 +1173,7 @@ fn validate(cfg: &Config, c: &mut Collector, w: &mut Collector) {
     }
     let mut client_ids: std::collections::HashMap<(String, String), usize> = Default::default();
     for (i, s) in cfg.sources.mqtt.iter().enumerate() {
+        let i = Positions::of(&at.mqtt, i);
         let key = format!("sources.mqtt[{i}]");
         check_common(c, &key, &s.id, &s.station, &s.decoding(), false);
         let id = s.effective_client_id(&cfg.site.id);
@@ -1168,6 +1220,16 @@ fn check_decoding(c: &mut Collector, key: &str, d: &Decoding, serial: bool) {
             format!("{} must be from 16 to 1048576 bytes", d.max_frame),
         );
     }
+    if c.is_poisoned(&format!("{key}.decoder")) {
+        // The decoder did not read (reported already): what depends on it cannot be judged,
+        // but each rule can still be read on its own.
+        for (j, r) in d.rules.iter().enumerate() {
+            if let Err(problems) = r.build() {
+                push_rule_problems(c, &format!("{key}.rules[{j}]"), problems);
+            }
+        }
+        return;
+    }
     if d.decoder.is_scale() && !serial {
         c.push(
             format!("{key}.decoder"),
@@ -1210,14 +1272,7 @@ fn check_decoding(c: &mut Collector, key: &str, d: &Decoding, serial: bool) {
                             c.push(format!("{key}.rules[{j}]"), p);
                         }
                     }
-                    Err(problems) => {
-                        for p in problems {
-                            match p.split_once(": ") {
-                                Some((k, m)) => c.push(format!("{key}.rules[{j}].{k}"), m),
-                                None => c.push(format!("{key}.rules[{j}]"), p),
-                            }
-                        }
-                    }
+                    Err(problems) => push_rule_problems(c, &format!("{key}.rules[{j}]"), problems),
                 }
             }
         }
@@ -1244,7 +1299,9 @@ fn check_decoding(c: &mut Collector, key: &str, d: &Decoding, serial: bool) {
                 format!("{:?} is not a weight in kg; write e.g. \"0.05\"", d.min_kg),
             ),
         }
-        if d.settle.0 > d.settle_timeout.0 {
+        let timings_read = !c.is_poisoned(&format!("{key}.settle"))
+            && !c.is_poisoned(&format!("{key}.settle_timeout"));
+        if timings_read && d.settle.0 > d.settle_timeout.0 {
             c.push(
                 format!("{key}.settle"),
                 format!(
@@ -1260,6 +1317,16 @@ fn check_decoding(c: &mut Collector, key: &str, d: &Decoding, serial: bool) {
                     format!("{p} is too fast; use at least 20ms"),
                 );
             }
+        }
+    }
+}
+
+/// The problems `RuleConfig::build` found ("kind: ..."), under the rule's key.
+fn push_rule_problems(c: &mut Collector, rule_key: &str, problems: Vec<String>) {
+    for p in problems {
+        match p.split_once(": ") {
+            Some((k, m)) => c.push(format!("{rule_key}.{k}"), m),
+            None => c.push(rule_key, p),
         }
     }
 }
