@@ -231,6 +231,7 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
             config_set: config_set_tx,
             config_status: config_status_rx,
             last_config_status: Default::default(),
+            oversized: Default::default(),
         }
         .run(),
     );

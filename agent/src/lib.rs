@@ -13,6 +13,7 @@ pub mod demo;
 pub mod normalize;
 pub mod remote;
 pub mod sources;
+pub mod state_file;
 pub mod status;
 pub mod systemd;
 pub mod time;

@@ -1,10 +1,11 @@
 //! sd_notify without libsystemd: `READY=1`, `STATUS=…`, `WATCHDOG=1`, `STOPPING=1` as datagrams
 //! to `$NOTIFY_SOCKET`. Without that variable every call is a no-op.
 //!
-//! The watchdog is fed only while the pipeline makes progress: the buffer writer answers a
-//! ping through its own queue (so a stalled commit stops the pings) and the upstream task has
-//! beaten its heartbeat recently (so a wedged upstream task stops them too). systemd then
-//! restarts the agent.
+//! The watchdog is fed only while the pipeline is alive: the buffer writer answers a ping
+//! through its own queue, or it is retrying failed commits (a full disk: alive, reported in
+//! status) without being stuck in one storage call; and the upstream task has beaten its
+//! heartbeat recently (so a wedged upstream task stops the pings too). A stuck stage stops
+//! them, and systemd restarts the agent; a stage that retries does not.
 
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::Arc;
@@ -84,17 +85,29 @@ pub async fn supervise(
         let s = store.clone();
         let stats = tokio::task::spawn_blocking(move || s.stats()).await;
         let up = status.upstream();
-        if let Ok(Ok(stats)) = stats {
+        let backlog = match stats {
+            Ok(Ok(stats)) => Some(stats.backlog),
+            _ => status.last_stats().map(|(s, _)| s.backlog),
+        };
+        if let Some(backlog) = backlog {
             notifier.notify(&format!(
-                "STATUS=backlog {} events, upstream {}",
-                stats.backlog,
-                if up.connected { "connected" } else { "down" }
+                "STATUS=backlog {backlog} events, upstream {}{}",
+                if up.connected { "connected" } else { "down" },
+                match status.storage_error() {
+                    Some(e) => format!(", STORAGE FAILING: {e}"),
+                    None => String::new(),
+                }
             ));
         }
         let Some(interval) = watchdog else { continue };
-        let writer_ok = tokio::time::timeout(interval, writer.ping())
-            .await
-            .is_ok_and(|r| r.is_ok());
+        // A writer retrying a failed commit answers no ping (the ping queues behind the
+        // readings it holds) but is alive. The ping waits at most half the interval, so that
+        // two pings never lie further apart than the interval plus half of it.
+        let writer_ok = writer.retrying_not_stuck(interval)
+            || match tokio::time::timeout(interval / 2, writer.ping()).await {
+                Ok(answer) => answer.is_ok(),
+                Err(_) => writer.retrying_not_stuck(interval),
+            };
         let upstream_ok = status.upstream_beat_age() < interval * 2;
         if writer_ok && upstream_ok {
             notifier.notify("WATCHDOG=1");

@@ -481,7 +481,9 @@ mod serde_bytes_buf {
                     Ok(ByteBuf(out))
                 }
             }
-            d.deserialize_bytes(V)
+            // Not `deserialize_bytes`: ciborium serves that only for byte strings that fit its
+            // 4 KiB scratch buffer; `deserialize_byte_buf` reads any length.
+            d.deserialize_byte_buf(V)
         }
     }
 }
@@ -561,6 +563,22 @@ mod tests {
                 assert_eq!(Envelope::from_json(&e.to_json()).ok(), Some(e.clone()));
                 assert_eq!(Envelope::from_cbor(&e.to_cbor()).ok(), Some(e.clone()));
             }
+        }
+    }
+
+    #[test]
+    fn the_largest_frames_and_texts_round_trip_in_cbor() {
+        // Up to `max_frame` (1 MiB at most) of raw bytes, and long texts in the body: a byte or
+        // text string above ciborium's 4 KiB scratch buffer takes another decoding path.
+        for len in [0, 4095, 4096, 4097, 65_536, 1 << 20] {
+            let mut e = sample(Body::exception(
+                ExceptionReason::Undecodable,
+                "x".repeat(len),
+            ));
+            e.raw = (0..len).map(|i| i as u8).collect();
+            e.source = "s".repeat(len.min(8192));
+            let back = Envelope::from_cbor(&e.to_cbor());
+            assert_eq!(back.as_ref().ok(), Some(&e), "{len} bytes: {back:?}");
         }
     }
 

@@ -338,6 +338,8 @@ pub struct Agent {
     child: Option<Child>,
     /// Runs as this uid and gid (no supplementary groups) instead of the test's user.
     run_as: Option<u32>,
+    /// Environment variables the agent gets besides the test's.
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -359,7 +361,16 @@ impl Agent {
 
     /// Writes `config` (with `{dir}` replaced by the temp dir) and starts the agent.
     pub fn start(config: &str) -> Result<Agent> {
+        Agent::start_with_env(config, &[])
+    }
+
+    /// Like [`Agent::start`], with these environment variables set for the agent.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Result<Agent> {
         let mut a = Agent::prepare(config)?;
+        a.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         a.restart()?;
         Ok(a)
     }
@@ -377,6 +388,7 @@ impl Agent {
             dir,
             child: None,
             run_as: None,
+            env: Vec::new(),
         })
     }
 
@@ -402,6 +414,7 @@ impl Agent {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;
@@ -522,4 +535,46 @@ pub fn config_sign(dir: &Path, key: &Path, version: u64, toml: &str) -> Result<(
     let out = dir.join(format!("v{version}.signed.json"));
     std::fs::write(&out, &signed)?;
     Ok((out, signed))
+}
+
+/// A small tmpfs, unmounted on drop: a disk that can really fill up.
+pub struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn mount(dir: &std::path::Path, size: &str) -> Result<SmallDisk> {
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "mounting a {size} tmpfs for the disk-full test failed (it needs root, as CI has): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(SmallDisk(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system holding `path` until it has no space left.
+pub fn fill(path: &std::path::Path) -> Result<u64> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    let chunk = vec![0u8; 4096];
+    let mut written = 0u64;
+    loop {
+        match f.write_all(&chunk).and_then(|_| f.sync_data()) {
+            Ok(()) => written += chunk.len() as u64,
+            Err(e) if e.raw_os_error() == Some(28) => return Ok(written),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

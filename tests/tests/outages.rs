@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use edge_tests::{wait_for, Agent, Broker, Collector, DEADLINE};
+use edge_tests::{fill, wait_for, Agent, Broker, Collector, SmallDisk, DEADLINE};
 
 fn config(central: &Broker, site: &Broker) -> String {
     format!(
@@ -362,48 +362,6 @@ fn under_reject_new_mqtt_readings_wait_in_the_site_broker_and_none_is_lost() -> 
     Ok(())
 }
 
-/// A small tmpfs, unmounted on drop: a disk that can really fill up.
-struct SmallDisk(std::path::PathBuf);
-
-impl SmallDisk {
-    fn mount(dir: &std::path::Path, size: &str) -> Result<SmallDisk> {
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "mounting a {size} tmpfs for the disk-full test failed (it needs root, as CI has): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(SmallDisk(dir.to_path_buf()))
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Fills the file system holding `path` until it has no space left.
-fn fill(path: &std::path::Path) -> Result<u64> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    let chunk = vec![0u8; 4096];
-    let mut written = 0u64;
-    loop {
-        match f.write_all(&chunk).and_then(|_| f.sync_data()) {
-            Ok(()) => written += chunk.len() as u64,
-            Err(e) if e.raw_os_error() == Some(28) => return Ok(written),
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 #[test]
 fn a_full_disk_is_reported_retried_and_loses_nothing() -> Result<()> {
     const N: usize = 300;
@@ -499,5 +457,139 @@ fn the_retained_status_says_online_and_the_last_will_says_offline_after_kill_9()
             .any(|r| r.json()["state"] == "offline")
             .then_some(())
     })?;
+    Ok(())
+}
+
+#[test]
+fn a_row_that_cannot_be_read_back_is_set_aside_reported_and_delivery_goes_on() -> Result<()> {
+    use redb::{ReadableDatabase, ReadableTable};
+    const EVENTS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
+    let mut central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    central.stop();
+    let mut agent = Agent::start(&config(&central, &site))?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    for code in ["LPN-A", "LPN-B", "LPN-C"] {
+        device.publish("site/scan", code)?;
+    }
+    wait_for("three readings stored", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 3).then_some(())
+    })?;
+    ensure!(agent.signal(nix::sys::signal::Signal::SIGTERM)?.success());
+
+    // The middle row's envelope is damaged (as a bug or a bad sector would leave it).
+    let damaged = {
+        let db = redb::Database::create(&agent.storage)?;
+        let txn = db.begin_write()?;
+        let seq;
+        {
+            let mut ev = txn.open_table(EVENTS)?;
+            let seqs: Vec<u64> = ev
+                .iter()?
+                .filter_map(|r| r.ok().map(|(k, _)| k.value()))
+                .collect();
+            ensure!(seqs.len() == 3, "{seqs:?}");
+            seq = seqs[1];
+            let mut value = ev
+                .get(seq)?
+                .map(|v| v.value()[..8].to_vec())
+                .unwrap_or_default();
+            value.extend_from_slice(&[0xbf, 0x63, 0x62, 0x61, 0x64, 0xff, 0x00]);
+            ev.insert(seq, value.as_slice())?;
+        }
+        txn.commit()?;
+        drop(db.begin_read()?);
+        seq
+    };
+
+    central.restart()?;
+    agent.restart()?;
+    let events = wait_for("A, C and the report of B", DEADLINE, || {
+        let e = sink.events();
+        let set_aside = e.iter().any(|e| {
+            e["kind"] == "exception"
+                && e["source"] == "edge-agent"
+                && e["body"]["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("cannot be read back")
+        });
+        (codes(&e).contains(&"LPN-C".to_string()) && set_aside).then_some(e)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; {:?}\n{}", sink.events(), agent.log()))?;
+    let got = codes(&events);
+    ensure!(
+        got.contains(&"LPN-A".to_string()) && !got.contains(&"LPN-B".to_string()),
+        "{got:?}"
+    );
+    let report = events
+        .iter()
+        .find(|e| e["kind"] == "exception")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(report["body"]["reason"] == "undecodable", "{report}");
+    ensure!(
+        report["body"]["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("row {damaged}")),
+        "{report}"
+    );
+    ensure!(
+        report["raw"].as_str().is_some_and(|r| !r.is_empty()),
+        "{report}"
+    );
+    wait_for("one row set aside and none pending", DEADLINE, || {
+        let s = agent.status().ok()?;
+        (s["storage"]["set_aside"] == 1 && s["backlog"] == 0).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", agent.status().ok()))?;
+
+    ensure!(agent.signal(nix::sys::signal::Signal::SIGTERM)?.success());
+    let (code, out, err) = edge_tests::run_cli(
+        &["inspect", "--storage", &agent.storage.to_string_lossy()],
+        &[],
+    )?;
+    ensure!(code == 0, "{err}");
+    ensure!(
+        out.contains("set aside:    1 events") && out.contains(&format!("seq {damaged}")),
+        "{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_largest_frame_a_source_allows_is_delivered_and_the_next_reading_follows() -> Result<()> {
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    let text = config(&central, &site).replace(
+        "receive_maximum = 10",
+        "receive_maximum = 10\nmax_frame = 1048576",
+    );
+    let agent = Agent::start(&text)?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    let big = vec![b'A'; 1 << 20];
+    device.publish("site/scan", big.clone())?;
+    device.publish("site/scan", "LPN-NEXT")?;
+    let events = wait_for("the 1 MiB reading and the next one", DEADLINE, || {
+        let e = sink.events();
+        codes(&e).contains(&"LPN-NEXT".to_string()).then_some(e)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    use base64::Engine as _;
+    let raw = events
+        .iter()
+        .filter_map(|e| e["raw"].as_str())
+        .find(|r| r.len() > 1000)
+        .map(|r| base64::engine::general_purpose::STANDARD.decode(r))
+        .transpose()?;
+    ensure!(
+        raw.as_deref() == Some(big.as_slice()),
+        "the 1 MiB reading did not arrive whole"
+    );
     Ok(())
 }

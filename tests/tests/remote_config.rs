@@ -458,3 +458,147 @@ fn config_push_names_its_flags_when_tls_settings_are_missing_or_half_given() -> 
     );
     Ok(())
 }
+
+#[test]
+fn publishing_the_applied_version_again_is_rejected_but_its_retained_copy_is_not() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let (secret, public) = config_keygen(keys.path(), "central.key")?;
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
+    let mut agent = Agent::start(&agent_config(&central, &site, &public))?;
+    agent.wait_source("scanner-a", "open")?;
+    let (_, signed) = config_sign(keys.path(), &secret, 3, &two_scanners(&site))?;
+    push_raw(keys.path(), 3, &signed, &central)?;
+    wait_config_status(&statuses, 3, "applied")?;
+
+    // The same document published again: a new publication, answered.
+    push_raw(keys.path(), 3, &signed, &central)?;
+    let s = wait_config_status(&statuses, 3, "rejected")?;
+    ensure!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("already applied and stays in effect"),
+        "{s}"
+    );
+    let status = agent.status()?;
+    ensure!(status["config_version"] == 3, "{status}");
+
+    // The retained copy the broker sends at every new connection is not a new publication.
+    let stopped = agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    ensure!(stopped.success(), "SIGTERM: {stopped:?}");
+    agent.restart()?;
+    agent.wait_source("scanner-b", "open")?;
+    // The retained config/set has been read once the agent republished its status after
+    // connecting; wait for that, then look at what the agent said about version 3.
+    wait_for("the agent connected upstream again", DEADLINE, || {
+        let s = agent.status().ok()?;
+        (s["upstream"]["connected"] == true).then_some(())
+    })?;
+    let log = agent.log();
+    let rejections = log
+        .matches("pushed configuration version 3 rejected")
+        .count();
+    ensure!(rejections == 1, "rejected {rejections} times:\n{log}");
+    Ok(())
+}
+
+#[test]
+fn an_oversized_document_is_refused_by_push_and_rejected_by_the_agent_whose_uplink_stays_up(
+) -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let (secret, public) = config_keygen(keys.path(), "central.key")?;
+    let central = Broker::start()?;
+    let site = Broker::start()?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, &format!("edge/{SITE}/events/#"))?;
+    let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
+    let agent = Agent::start(&agent_config(&central, &site, &public))?;
+    agent.wait_source("scanner-a", "open")?;
+
+    // `config push` refuses a document the agent would not read.
+    let padding = format!("# {}\n", "x".repeat(2 << 20));
+    let (_, big) = config_sign(
+        keys.path(),
+        &secret,
+        4,
+        &format!("{padding}{}", two_scanners(&site)),
+    )?;
+    let file = keys.path().join("big.signed.json");
+    std::fs::write(&file, &big)?;
+    let (code, _, err) = run_cli(
+        &[
+            "config",
+            "push",
+            "--url",
+            &central.url(),
+            "--site",
+            SITE,
+            &file.to_string_lossy(),
+        ],
+        &[],
+    )?;
+    ensure!(
+        code != 0 && err.contains("bytes an agent accepts"),
+        "{code}: {err}"
+    );
+
+    // Published retained anyway (by another client): rejected with the reason, and events
+    // keep flowing over the same uplink.
+    let publisher = Collector::subscribe(central.port, "unused/#")?;
+    publisher.client_publish_retained(&format!("edge/{SITE}/config/set"), big.clone())?;
+    let s = wait_for(
+        "a rejection of the oversized document",
+        Duration::from_secs(30),
+        || {
+            statuses
+                .all()
+                .into_iter()
+                .map(|r| r.json())
+                .find(|v| v["state"] == "rejected")
+        },
+    )?;
+    ensure!(
+        s["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("bytes a pushed configuration may have"),
+        "{s}"
+    );
+    device.publish("site/a", "LPN000001")?;
+    sink.wait_events(1, DEADLINE)?;
+
+    // Above even what the agent reads at all: the uplink drops once, the retained document
+    // is cleared, the rejection is published, and the uplink stays up from then on.
+    let huge = vec![b'x'; 5 << 20];
+    publisher.client_publish_retained(&format!("edge/{SITE}/config/set"), huge)?;
+    wait_for(
+        "the clearing of the huge document",
+        Duration::from_secs(60),
+        || {
+            statuses.all().into_iter().map(|r| r.json()).find(|v| {
+                v["state"] == "rejected"
+                    && v["reason"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("retained document was removed")
+            })
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    device.publish("site/a", "LPN000002")?;
+    wait_for(
+        "the reading after the huge document",
+        Duration::from_secs(30),
+        || {
+            codes_from(&sink.events(), "scanner-a")
+                .contains(&"LPN000002".to_string())
+                .then_some(())
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    let drops = agent.log().matches("retrying").count();
+    ensure!(drops <= 2, "the uplink kept dropping:\n{}", agent.log());
+    Ok(())
+}

@@ -11,6 +11,7 @@ use crate::config::OnFull;
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const PENDING: TableDefinition<u64, ()> = TableDefinition::new("pending");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SET_ASIDE: TableDefinition<u64, &str> = TableDefinition::new("set_aside");
 
 const NEXT_SEQ: &str = "next_seq";
 const DROPPED: &str = "dropped";
@@ -112,6 +113,53 @@ pub enum StoreError {
     Corrupt { seq: u64, len: usize },
 }
 
+impl StoreError {
+    /// The error as an operator reads it in status: the cause (no space, EIO, read-only) with
+    /// the file and what to do; other errors as they are.
+    pub fn explain(&self, path: &Path) -> String {
+        let mut os = None;
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                os = io.raw_os_error();
+                break;
+            }
+            cur = e.source();
+        }
+        let text = self.to_string();
+        // redb does not always expose the io::Error as a source: its text still has the code.
+        let os = os.or_else(|| {
+            [28, 5, 30, 122]
+                .into_iter()
+                .find(|n| text.contains(&format!("(os error {n})")))
+        });
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match os {
+            Some(28) => format!(
+                "buffer file {}: no space left on device (ENOSPC); free space on that file system (df -h {}) or lower storage.max_bytes; readings wait in memory and are stored once there is room",
+                path.display(),
+                dir.display()
+            ),
+            Some(122) => format!(
+                "buffer file {}: disk quota exceeded (EDQUOT); raise the service user's quota or free space; readings wait in memory and are stored once there is room",
+                path.display()
+            ),
+            Some(5) => format!(
+                "buffer file {}: I/O error (EIO); the disk may be failing: check the kernel log (journalctl -k) and the disk; readings wait in memory and writing is retried",
+                path.display()
+            ),
+            Some(30) => format!(
+                "buffer file {}: the file system is read-only (EROFS); remount it read-write (after a disk error check the kernel log first); readings wait in memory",
+                path.display()
+            ),
+            _ => text,
+        }
+    }
+}
+
 /// One event waiting for upstream.
 #[derive(Debug, Clone)]
 pub struct PendingRow {
@@ -137,6 +185,8 @@ pub struct BufferStats {
     pub dropped: u64,
     /// Size of the buffer file in bytes.
     pub file_bytes: u64,
+    /// Events set aside: kept in the file, no longer pending (they cannot be read back).
+    pub set_aside: u64,
 }
 
 /// The open buffer file. Cloning shares it.
@@ -218,6 +268,7 @@ impl Store {
             txn.open_table(EVENTS)?;
             txn.open_table(PENDING)?;
             txn.open_table(META)?;
+            txn.open_table(SET_ASIDE)?;
         }
         txn.commit()?;
         Ok(Store {
@@ -247,12 +298,31 @@ impl Store {
         next_seq: u64,
         cap: Capacity,
     ) -> Result<CommitOutcome, StoreError> {
+        self.commit_with(rows, acked, &[], next_seq, cap)
+    }
+
+    /// [`Store::commit`], also setting events aside: each (seq, why) leaves `pending` and is
+    /// kept in `events` (not pruned) with its reason in `set_aside`.
+    pub fn commit_with(
+        &self,
+        rows: &[NewRow],
+        acked: &[u64],
+        set_aside: &[(u64, String)],
+        next_seq: u64,
+        cap: Capacity,
+    ) -> Result<CommitOutcome, StoreError> {
         let txn = self.db()?.begin_write()?;
         let mut out = CommitOutcome::default();
         {
             let mut ev = txn.open_table(EVENTS)?;
             let mut pending = txn.open_table(PENDING)?;
             let mut meta = txn.open_table(META)?;
+            let mut aside = txn.open_table(SET_ASIDE)?;
+            for (seq, why) in set_aside {
+                if pending.remove(*seq)?.is_some() {
+                    aside.insert(*seq, why.as_str())?;
+                }
+            }
             for seq in acked {
                 // Gone from both tables: it was dropped for room while its PUBACK was on the
                 // way. It was delivered after all, so it no longer counts as dropped.
@@ -284,6 +354,8 @@ impl Store {
                     break;
                 }
                 ev.remove(seq)?;
+                // A set-aside row gives way like a delivered one.
+                aside.remove(seq)?;
                 bytes = bytes.saturating_sub(len);
                 if undelivered {
                     pending.remove(seq)?;
@@ -332,6 +404,7 @@ impl Store {
         {
             let mut ev = txn.open_table(EVENTS)?;
             let pending = txn.open_table(PENDING)?;
+            let aside = txn.open_table(SET_ASIDE)?;
             let mut doomed = Vec::new();
             for row in ev.range::<u64>(..)? {
                 let (k, v) = row?;
@@ -340,7 +413,7 @@ impl Store {
                 if observed >= cutoff_ms || doomed.len() >= limit {
                     break;
                 }
-                if pending.get(seq)?.is_none() {
+                if pending.get(seq)?.is_none() && aside.get(seq)?.is_none() {
                     doomed.push(seq);
                 }
             }
@@ -373,14 +446,14 @@ impl Store {
             }
             let seq = row?.0.value();
             let Some(v) = ev.get(seq)? else { continue };
-            match split_value(seq, v.value()) {
-                Ok((observed_ms, cbor)) => out.push(PendingRow {
-                    seq,
-                    observed_ms,
-                    cbor: cbor.to_vec(),
-                }),
-                Err(e) => tracing::error!("{e}"),
-            }
+            // A value too short to split is handed on whole: it does not read back as an
+            // envelope, so upstream sets it aside instead of skipping it silently.
+            let (observed_ms, cbor) = split_value(seq, v.value()).unwrap_or((0, v.value()));
+            out.push(PendingRow {
+                seq,
+                observed_ms,
+                cbor: cbor.to_vec(),
+            });
         }
         Ok(out)
     }
@@ -492,7 +565,14 @@ fn stats_of(db: &impl ReadableDatabase, path: &Path) -> Result<BufferStats, Stor
     let first_seq = ev.first()?.map(|(k, _)| k.value());
     let last_seq = ev.last()?.map(|(k, _)| k.value());
     let dropped = meta.get(DROPPED)?.map(|g| g.value()).unwrap_or(0);
+    // A file written before the table existed has none set aside.
+    let set_aside = match txn.open_table(SET_ASIDE) {
+        Ok(t) => t.len()?,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.into()),
+    };
     Ok(BufferStats {
+        set_aside,
         backlog: pending.len()?,
         stored: ev.len()?,
         oldest_pending_ms,
@@ -510,6 +590,8 @@ pub struct Inspection {
     pub sample: Vec<(u64, bool, Vec<u8>)>,
     /// The file was not closed cleanly; a repaired copy was inspected.
     pub repaired_copy: bool,
+    /// Events set aside (the first ones): (seq, why).
+    pub set_aside: Vec<(u64, String)>,
 }
 
 /// Opens a buffer file read-only (the agent must be stopped) and reads counts and a sample.
@@ -579,10 +661,22 @@ fn inspect_db(
     for (seq, v) in tail.into_iter().rev() {
         push(seq, &v)?;
     }
+    let mut set_aside = Vec::new();
+    match txn.open_table(SET_ASIDE) {
+        Ok(t) => {
+            for row in t.range::<u64>(..)?.take(20) {
+                let (k, v) = row?;
+                set_aside.push((k.value(), v.value().to_string()));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     Ok(Inspection {
         stats,
         sample: out,
         repaired_copy: false,
+        set_aside,
     })
 }
 
@@ -659,6 +753,56 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = Store::open(&dir.path().join("sub/buffer.redb")).unwrap_or_else(|e| panic!("{e}"));
         (dir, s)
+    }
+
+    #[test]
+    fn a_row_set_aside_leaves_the_backlog_but_stays_in_the_file_through_pruning() {
+        let (dir, s) = store();
+        let rows: Vec<_> = (1..=3).map(|i| row(i, i, vec![0; 10])).collect();
+        s.commit(&rows, &[], 4, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.commit_with(
+            &[],
+            &[1, 3],
+            &[(2, "not CBOR".into())],
+            4,
+            Capacity::unlimited(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let st = s.stats().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((st.backlog, st.stored, st.set_aside), (0, 3, 1));
+        // Delivered rows past retention are pruned; the set-aside one is kept.
+        assert_eq!(s.prune_delivered(u64::MAX, 100).ok(), Some(2));
+        let seqs: Vec<u64> = s
+            .events_from(0, 10)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(seqs, vec![2]);
+        drop(s);
+        let i = inspect(&dir.path().join("sub/buffer.redb"), 4).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(i.set_aside, vec![(2, "not CBOR".to_string())]);
+    }
+
+    #[test]
+    fn a_value_too_short_to_split_is_handed_to_upstream_whole() {
+        let (_dir, s) = store();
+        s.commit(&[row(1, 1, vec![1, 2, 3])], &[], 2, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let txn = s
+            .db()
+            .and_then(|db| Ok(db.begin_write()?))
+            .unwrap_or_else(|e| panic!("{e}"));
+        {
+            let mut ev = txn.open_table(EVENTS).unwrap_or_else(|e| panic!("{e}"));
+            ev.insert(1, [9u8, 9].as_slice())
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        txn.commit().unwrap_or_else(|e| panic!("{e}"));
+        let rows = s.pending_after(0, 10).unwrap_or_default();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].cbor, vec![9, 9]);
     }
 
     #[test]

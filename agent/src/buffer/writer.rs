@@ -13,6 +13,13 @@ use crate::time::{format_rfc3339_ms, now_ms};
 
 /// Commands queued beyond this make senders wait (back-pressure on the sources).
 const QUEUE: usize = 16_384;
+/// Bytes of readings (raw bytes plus a fixed charge each) queued or in the group being
+/// committed, at most; beyond this senders wait. A reading larger than the whole budget still
+/// goes, alone. This bounds the writer's memory whatever `max_frame` is, and so what a crash
+/// during a disk stall can lose of serial readings (see the design note in `mod.rs`).
+pub const QUEUE_BYTES: usize = 4 << 20;
+/// What a reading costs in the budget besides its raw bytes (envelope, body, bookkeeping).
+const READING_CHARGE: usize = 512;
 /// How often delivered events past `retain_delivered` are pruned, and how many per pass.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
 const PRUNE_LIMIT: usize = 10_000;
@@ -41,8 +48,13 @@ pub enum Appended {
 // Nearly every command is an Append, so boxing it would only add an allocation per reading.
 #[allow(clippy::large_enum_variant)]
 enum Command {
-    Append(Reading, Option<oneshot::Sender<Appended>>),
-    Ack(Vec<u64>),
+    /// The permit holds the reading's share of `QUEUE_BYTES` until its commit returned.
+    Append(
+        Reading,
+        Option<oneshot::Sender<Appended>>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    Settle(Settle),
     /// Answered after the commit of its group: proves the writer is committing.
     Ping(oneshot::Sender<()>),
     /// Periodic: closes a drop episode, prunes, commits the agent's own events.
@@ -50,6 +62,17 @@ enum Command {
     /// Acknowledgements are waiting in their own channel.
     Wake,
 }
+
+/// What upstream learned about pending events.
+enum Settle {
+    /// Acknowledged by upstream (PUBACK).
+    Acked(Vec<u64>),
+    /// Cannot be read back: kept in the file, no longer pending, reported to central.
+    SetAside { seq: u64, why: String, raw: Vec<u8> },
+}
+
+/// An unreadable row's bytes carried by its exception, at most.
+const SET_ASIDE_RAW: usize = 4096;
 
 /// How often the writer is ticked.
 const TICK: Duration = Duration::from_secs(5);
@@ -79,17 +102,62 @@ pub struct WriterHandle {
     tx: mpsc::Sender<Command>,
     /// Upstream acknowledgements bypass the queue of readings: a PUBACK must not wait behind
     /// thousands of readings (and be dropped meanwhile as if undelivered).
-    acks: mpsc::UnboundedSender<Vec<u64>>,
+    acks: mpsc::UnboundedSender<Settle>,
     committed: watch::Receiver<u64>,
+    /// `QUEUE_BYTES`, as permits of one byte.
+    bytes: Arc<tokio::sync::Semaphore>,
+    liveness: Arc<Liveness>,
+}
+
+/// Whether the writer thread is alive while commits fail: the watchdog's view of a stage that
+/// is retrying (alive) as against one stuck in a storage call (not).
+#[derive(Default)]
+pub struct Liveness {
+    /// Commits are failing and being retried.
+    retrying: std::sync::atomic::AtomicBool,
+    /// When the storage call in progress started (ms since the epoch); 0: none.
+    in_call_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Liveness {
+    fn enter(&self) {
+        self.in_call_since_ms
+            .store(now_ms().max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn leave(&self) {
+        self.in_call_since_ms
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl WriterHandle {
-    /// Queues a reading; returns once it is queued (not yet committed).
-    pub async fn append(&self, r: Reading) -> Result<(), WriterClosed> {
-        self.tx
-            .send(Command::Append(r, None))
+    /// Takes a reading's share of the queue's byte budget, waiting while the budget is spent.
+    async fn charge(&self, r: &Reading) -> Result<tokio::sync::OwnedSemaphorePermit, WriterClosed> {
+        let n = (r.raw.len() + READING_CHARGE).min(QUEUE_BYTES) as u32;
+        self.bytes
+            .clone()
+            .acquire_many_owned(n)
             .await
             .map_err(|_| WriterClosed)
+    }
+
+    /// Queues a reading; returns once it is queued (not yet committed).
+    pub async fn append(&self, r: Reading) -> Result<(), WriterClosed> {
+        let permit = self.charge(&r).await?;
+        self.tx
+            .send(Command::Append(r, None, permit))
+            .await
+            .map_err(|_| WriterClosed)
+    }
+
+    /// The writer is retrying failed commits and is not stuck in one storage call for longer
+    /// than `max`: alive, though nothing is being stored.
+    pub fn retrying_not_stuck(&self, max: Duration) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let since = self.liveness.in_call_since_ms.load(Relaxed);
+        self.liveness.retrying.load(Relaxed)
+            && (since == 0 || now_ms().saturating_sub(since) < max.as_millis() as u64)
     }
 
     /// Queues a reading; the receiver resolves once it is committed.
@@ -98,8 +166,9 @@ impl WriterHandle {
         r: Reading,
     ) -> Result<oneshot::Receiver<Appended>, WriterClosed> {
         let (tx, rx) = oneshot::channel();
+        let permit = self.charge(&r).await?;
         self.tx
-            .send(Command::Append(r, Some(tx)))
+            .send(Command::Append(r, Some(tx), permit))
             .await
             .map_err(|_| WriterClosed)?;
         Ok(rx)
@@ -107,7 +176,19 @@ impl WriterHandle {
 
     /// Marks events delivered (upstream PUBACK). Bounded by upstream's in-flight window.
     pub async fn ack(&self, seqs: Vec<u64>) -> Result<(), WriterClosed> {
-        self.acks.send(seqs).map_err(|_| WriterClosed)?;
+        self.settle(Settle::Acked(seqs))
+    }
+
+    /// Sets a pending event aside because it cannot be read back (`why`, for a person): it is
+    /// kept in the buffer file but no longer blocks delivery, counted in status, listed by
+    /// `edge-agent inspect`, and central gets an `exception` carrying its first bytes.
+    pub fn set_aside(&self, seq: u64, why: String, raw: &[u8]) -> Result<(), WriterClosed> {
+        let raw = raw[..raw.len().min(SET_ASIDE_RAW)].to_vec();
+        self.settle(Settle::SetAside { seq, why, raw })
+    }
+
+    fn settle(&self, s: Settle) -> Result<(), WriterClosed> {
+        self.acks.send(s).map_err(|_| WriterClosed)?;
         // Wake the writer if it is idle; if its queue is full it is busy and drains acks first.
         let _ = self.tx.try_send(Command::Wake);
         Ok(())
@@ -155,7 +236,9 @@ pub fn spawn_writer(
         }
     });
     let (committed_tx, committed_rx) = watch::channel(next_seq.saturating_sub(1));
+    let liveness = Arc::new(Liveness::default());
     let writer = Writer {
+        liveness: liveness.clone(),
         store,
         site,
         next_seq,
@@ -174,12 +257,15 @@ pub fn spawn_writer(
             tx,
             acks: acks_tx,
             committed: committed_rx,
+            bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
+            liveness,
         },
         join,
     ))
 }
 
 struct Writer {
+    liveness: Arc<Liveness>,
     store: Store,
     site: Arc<str>,
     next_seq: u64,
@@ -195,7 +281,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>, mut acks: mpsc::UnboundedReceiver<Vec<u64>>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Command>, mut acks: mpsc::UnboundedReceiver<Settle>) {
         let max_group = self.capacity.max_group();
         let mut group = Vec::with_capacity(max_group);
         while let Some(first) = rx.blocking_recv() {
@@ -206,8 +292,8 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            while let Ok(seqs) = acks.try_recv() {
-                group.push(Command::Ack(seqs));
+            while let Ok(s) = acks.try_recv() {
+                group.push(Command::Settle(s));
             }
             self.commit_group(&mut group);
             group.clear();
@@ -225,20 +311,48 @@ impl Writer {
     fn commit_group(&mut self, group: &mut Vec<Command>) {
         let mut rows = Vec::new();
         let mut acks = Vec::new();
+        let mut aside = Vec::new();
         let mut confirms = Vec::new();
+        let mut held = Vec::new();
         let mut pings = Vec::new();
         let mut ticked = false;
         let mut seq = self.next_seq;
+        for cmd in group.iter_mut() {
+            if let Command::Settle(Settle::SetAside { seq, why, raw }) = cmd {
+                let detail = format!(
+                    "buffer row {seq} cannot be read back ({why}); it is set aside in {} (edge-agent inspect lists it) and the next events are sent; its first {} bytes are in raw",
+                    self.store.path().display(),
+                    raw.len()
+                );
+                tracing::error!("{detail}");
+                aside.push((*seq, why.clone()));
+                self.own.push(Reading {
+                    source: "edge-agent".into(),
+                    station: None,
+                    role: None,
+                    observed_ms: now_ms(),
+                    body: Body::exception(
+                        edge_protocol::event::ExceptionReason::Undecodable,
+                        detail,
+                    ),
+                    raw: std::mem::take(raw),
+                });
+            }
+        }
         let own = std::mem::take(&mut self.own);
         let appends = own
             .into_iter()
             .map(|r| (r, None))
             .chain(group.drain(..).filter_map(|cmd| match cmd {
-                Command::Append(r, confirm) => Some((r, confirm)),
-                Command::Ack(seqs) => {
+                Command::Append(r, confirm, permit) => {
+                    held.push(permit);
+                    Some((r, confirm))
+                }
+                Command::Settle(Settle::Acked(seqs)) => {
                     acks.extend(seqs);
                     None
                 }
+                Command::Settle(Settle::SetAside { .. }) => None,
                 Command::Ping(p) => {
                     pings.push(p);
                     None
@@ -265,8 +379,16 @@ impl Writer {
         let mut backoff = Duration::from_millis(50);
         let mut failing = false;
         let outcome = loop {
-            match self.store.commit(&rows, &acks, seq, self.capacity) {
+            self.liveness.enter();
+            let result = self
+                .store
+                .commit_with(&rows, &acks, &aside, seq, self.capacity);
+            self.liveness.leave();
+            match result {
                 Ok(outcome) => {
+                    self.liveness
+                        .retrying
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     if failing {
                         tracing::info!(
                             "buffer file {}: writing again",
@@ -277,15 +399,18 @@ impl Writer {
                     break outcome;
                 }
                 Err(e) => {
-                    if !failing {
+                    let why = e.explain(self.store.path());
+                    if self.status.storage_error().as_deref() != Some(why.as_str()) {
                         tracing::error!(
-                            "buffer file {}: {e}; {} readings are held in memory and retried",
-                            self.store.path().display(),
+                            "{why} ({} readings of this commit are held in memory and retried)",
                             rows.len()
                         );
-                        self.status.set_storage_error(Some(e.to_string()));
-                        failing = true;
+                        self.status.set_storage_error(Some(why));
                     }
+                    failing = true;
+                    self.liveness
+                        .retrying
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     if self.cancel.is_cancelled() {
                         tracing::error!(
                             "shutting down while the buffer cannot be written: {} readings were not stored",
@@ -296,7 +421,10 @@ impl Writer {
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     // redb takes no more transactions after an I/O error until reopened.
-                    if let Err(e) = self.store.reopen() {
+                    self.liveness.enter();
+                    let reopened = self.store.reopen();
+                    self.liveness.leave();
+                    if let Err(e) = reopened {
                         tracing::debug!("reopening the buffer file: {e}");
                     }
                 }
@@ -324,6 +452,8 @@ impl Writer {
         for p in pings {
             let _ = p.send(());
         }
+        // The group's readings are committed (or refused): their bytes may queue again.
+        drop(held);
         if outcome.undropped > 0 {
             if let Some(ep) = &mut self.episode {
                 ep.count = ep.count.saturating_sub(outcome.undropped);

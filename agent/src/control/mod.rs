@@ -8,9 +8,40 @@ pub use render::{inspect, render_status};
 
 use serde_json::{json, Value};
 
-use crate::buffer::BufferStats;
+use crate::buffer::{BufferStats, Store};
 use crate::status::StatusBoard;
-use crate::time::now_ms;
+use crate::time::{format_rfc3339_ms, now_ms};
+
+/// The status document with the buffer's figures as they are now, or, while the buffer cannot
+/// be read (a write error, the file being reopened), with the last figures it gave, marked with
+/// their time, and the storage error with its cause: status never goes blank when storage fails.
+pub async fn current_status(store: &Store, board: &StatusBoard) -> Value {
+    let s = store.clone();
+    let read = match tokio::task::spawn_blocking(move || s.stats()).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("reading the buffer: {e}")),
+    };
+    match read {
+        Ok(stats) => {
+            board.remember_stats(&stats);
+            status_json(&stats, board)
+        }
+        Err(e) => {
+            let (stats, at) = board.last_stats().unwrap_or_default();
+            let mut doc = status_json(&stats, board);
+            let storage = &mut doc["storage"];
+            if storage["error"].is_null() {
+                storage["error"] = Value::String(e);
+            }
+            storage["figures_as_of"] = if at > 0 {
+                Value::String(format_rfc3339_ms(at))
+            } else {
+                Value::Null
+            };
+            doc
+        }
+    }
+}
 
 /// The status document (docs/operations.md), extended with details for operators.
 pub fn status_json(stats: &BufferStats, board: &StatusBoard) -> Value {
@@ -38,6 +69,7 @@ pub fn status_json(stats: &BufferStats, board: &StatusBoard) -> Value {
         "storage": {
             "stored": stats.stored,
             "file_bytes": stats.file_bytes,
+            "set_aside": stats.set_aside,
             "error": board.storage_error(),
         },
         "version": env!("CARGO_PKG_VERSION"),

@@ -38,6 +38,13 @@ pub fn render_status(v: &Value) -> String {
         }
     );
     let _ = writeln!(out, "dropped:   {}", v["dropped"]);
+    if v["storage"]["set_aside"].as_u64().is_some_and(|n| n > 0) {
+        let _ = writeln!(
+            out,
+            "set aside: {} events cannot be read back; they are kept in the buffer file (edge-agent inspect lists them)",
+            v["storage"]["set_aside"]
+        );
+    }
     let st = &v["storage"];
     let _ = writeln!(
         out,
@@ -101,6 +108,14 @@ pub fn inspect(path: &Path) -> Result<String, crate::buffer::StoreError> {
             .unwrap_or_else(|| "-".into())
     );
     let _ = writeln!(out, "dropped:      {}", s.dropped);
+    let _ = writeln!(
+        out,
+        "set aside:    {} events (kept, not sent: they cannot be read back)",
+        s.set_aside
+    );
+    for (seq, why) in &i.set_aside {
+        let _ = writeln!(out, "  seq {seq:<8} {why}");
+    }
     let _ = writeln!(out, "sample (oldest and newest):");
     for (seq, pending, cbor) in &i.sample {
         match Envelope::from_cbor(cbor) {

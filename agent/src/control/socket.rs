@@ -100,14 +100,7 @@ async fn answer(
         Err(e) => return json!({"error": format!("not a JSON object: {e}")}),
     };
     match req.get("cmd").and_then(Value::as_str) {
-        Some("status") => {
-            let s = store.clone();
-            match tokio::task::spawn_blocking(move || s.stats()).await {
-                Ok(Ok(stats)) => super::status_json(&stats, board),
-                Ok(Err(e)) => json!({"error": e.to_string()}),
-                Err(e) => json!({"error": e.to_string()}),
-            }
-        }
+        Some("status") => super::current_status(store, board).await,
         Some("replay") => {
             let req = match parse_replay(line.as_bytes()) {
                 Ok(r) => r,

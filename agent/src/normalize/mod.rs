@@ -206,8 +206,28 @@ impl Normalizer {
         };
         let out = settler.tick(now)?;
         let raw = last_raw.clone();
-        let body = out.into_body(None);
+        // A weight may settle on a tick (the settle time ran out between frames): it carries
+        // the unit scanned at its station exactly as one settled on a frame does.
+        let sscc = self.sscc_for(&out, now);
+        let body = out.into_body(sscc);
         Some(self.reading(body, raw, now))
+    }
+
+    /// The SSCC a settled weight carries: the last scanned at the same station within
+    /// `correlation_window`.
+    fn sscc_for(&self, out: &scale::settle::SettleOutput, now: u64) -> Option<String> {
+        match (out, &self.station) {
+            (scale::settle::SettleOutput::Weight { .. }, Some(st)) => self
+                .correlator
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sscc_for_weight(
+                    st,
+                    now,
+                    self.decoding.correlation_window.0.as_millis() as u64,
+                ),
+            _ => None,
+        }
     }
 
     fn scale_frame(&mut self, raw: Vec<u8>, now: u64) -> Option<Reading> {
@@ -242,18 +262,7 @@ impl Normalizer {
                 return Some(self.reading(body, raw, now));
             }
         };
-        let sscc = match (&out, &self.station) {
-            (scale::settle::SettleOutput::Weight { .. }, Some(st)) => self
-                .correlator
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .sscc_for_weight(
-                    st,
-                    now,
-                    self.decoding.correlation_window.0.as_millis() as u64,
-                ),
-            _ => None,
-        };
+        let sscc = self.sscc_for(&out, now);
         Some(self.reading(out.into_body(sscc), raw, now))
     }
 

@@ -34,7 +34,7 @@ pub struct Manager {
     pub status: Arc<StatusBoard>,
     pub switch: mpsc::Sender<Switch>,
     /// The latest document published to config/set (a newer one replaces one not yet read).
-    pub inbox: watch::Receiver<Option<Vec<u8>>>,
+    pub inbox: watch::Receiver<Option<super::Pushed>>,
     pub outbox: mpsc::Sender<Vec<u8>>,
     pub shutdown: CancellationToken,
 }
@@ -105,8 +105,8 @@ impl Manager {
                         return;
                     }
                     let latest = self.inbox.borrow_and_update().clone();
-                    if let Some(bytes) = latest {
-                        self.receive(&bytes).await;
+                    if let Some(pushed) = latest {
+                        self.receive(&pushed).await;
                     }
                 }
             }
@@ -135,14 +135,35 @@ impl Manager {
         }
     }
 
-    async fn receive(&mut self, bytes: &[u8]) {
-        let doc = match SignedDoc::parse(bytes) {
+    async fn receive(&mut self, pushed: &super::Pushed) {
+        if pushed.bytes.len() > super::MAX_DOCUMENT {
+            let why = format!(
+                "the document is {} bytes, above the {} bytes a pushed configuration may have; push only the operational sections",
+                pushed.bytes.len(),
+                super::MAX_DOCUMENT
+            );
+            return self.report(None, Fate::Rejected, &why);
+        }
+        let doc = match SignedDoc::parse(&pushed.bytes) {
             Ok(d) => d,
             Err(why) => return self.report(None, Fate::Rejected, &why),
         };
-        // The retained document comes again at every connection.
         let seen = self.state.last.as_ref().is_some_and(|l| l.doc == doc)
             || self.state.good.as_ref() == Some(&doc);
+        if seen && pushed.retained {
+            // The retained copy comes again at every connection: already handled.
+            tracing::debug!("configuration version {} already handled", doc.version);
+            return;
+        }
+        if seen && self.state.good.as_ref() == Some(&doc) {
+            // Published again: it is not above the version applied, so it is rejected, and
+            // the version applied stays in effect (nothing is recorded).
+            let why = format!(
+                "version {} is already applied and stays in effect; to change the configuration, sign it with a higher --version",
+                doc.version
+            );
+            return self.report(Some(doc.version), Fate::Rejected, &why);
+        }
         if seen {
             tracing::debug!("configuration version {} already handled", doc.version);
             return;

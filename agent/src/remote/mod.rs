@@ -15,6 +15,19 @@ mod signed;
 mod state;
 
 pub use manager::{startup, Manager, Start, Switch};
+
+/// A signed document above this many bytes is refused by `config push` and rejected by the
+/// agent unread (a site's operational configuration is a few KiB; this leaves ample room).
+pub const MAX_DOCUMENT: usize = 1 << 20;
+
+/// A message that arrived on `{prefix}/{site}/config/set`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    pub bytes: Vec<u8>,
+    /// Sent by the broker because the agent (re)subscribed (the retained copy), not because it
+    /// was just published (MQTT sets the flag only then).
+    pub retained: bool,
+}
 pub use merge::merge;
 pub use push::{push, set_topic, Target};
 pub use signed::{keygen, sign, valid_public_key, SignedDoc};

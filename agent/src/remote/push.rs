@@ -46,6 +46,13 @@ pub fn set_topic(prefix: &str, site: &str) -> String {
 
 /// Pushes `doc` (checked to parse first) and waits for the broker's PUBACK.
 pub async fn push(target: &Target, doc: &[u8]) -> Result<String, String> {
+    if doc.len() > super::MAX_DOCUMENT {
+        return Err(format!(
+            "the signed document is {} bytes, above the {} bytes an agent accepts; push only the operational sections ([[stations]], [[sources.*]], [[routes]], upstream.replay_rate/max_inflight)",
+            doc.len(),
+            super::MAX_DOCUMENT
+        ));
+    }
     let parsed = SignedDoc::parse(doc)?;
     let addr = parse_mqtt_url(&target.url)?;
     let access = BrokerAccess {

@@ -2,7 +2,6 @@
 //! (`{storage.path}.remote.json`), replaced atomically (write, fsync, rename, fsync the
 //! directory): the last known good document, and the last one received with its fate.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -82,18 +81,7 @@ pub fn load(path: &Path) -> Result<State, String> {
 pub fn save(path: &Path, state: &State) -> Result<(), String> {
     let what = |e: std::io::Error| format!("{}: {e}", path.display());
     let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(what)?;
-    f.write_all(&bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(what)?;
-    std::fs::rename(&tmp, path).map_err(what)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(what)?;
-    }
-    Ok(())
+    crate::state_file::replace(path, &bytes).map_err(what)
 }
 
 #[cfg(test)]

@@ -27,13 +27,15 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::buffer::{PendingRow, Store, WriterHandle};
 use crate::config::{parse_mqtt_url, Config, Format};
-use crate::control::status_json;
 use crate::status::StatusBoard;
 use crate::tls::Access;
 use rate::TokenBucket;
 
 /// The upstream task proves it is alive at least this often (for the systemd watchdog).
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The largest message read from the upstream broker.
+const INCOMING_MAX: usize = 4 << 20;
 
 /// How long a stopping agent waits for PUBACKs of what is already in flight.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -51,12 +53,16 @@ pub struct Upstream {
     pub limits: watch::Receiver<Limits>,
     /// The latest document published to `{prefix}/{site}/config/set`, for the remote
     /// configuration task.
-    pub config_set: watch::Sender<Option<Vec<u8>>>,
+    pub config_set: watch::Sender<Option<crate::remote::Pushed>>,
     /// Its outcomes, to publish retained to `{prefix}/{site}/config/status`.
     pub config_status: mpsc::Receiver<Vec<u8>>,
     /// The latest outcome, published again after every (re)connection: one whose PUBACK a
     /// dropped connection took is not lost.
     pub last_config_status: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The last connection ended on a message too large to read (bytes): the broker would send
+    /// it again at every subscription, so the next connection clears the retained document on
+    /// config/set (the only retained topic the agent subscribes to) and reports it rejected.
+    pub oversized: std::sync::atomic::AtomicUsize,
 }
 
 /// The upstream settings a pushed configuration may change while running.
@@ -175,7 +181,10 @@ impl Upstream {
         // We track delivery ourselves and resend from the buffer on every connection.
         o.set_clean_session(true);
         o.set_inflight(self.client_inflight().saturating_add(4));
-        o.set_max_packet_size(1 << 20, 16 << 20);
+        // Incoming: a pushed document is rejected above `remote::MAX_DOCUMENT` with a reason on
+        // config/status, so the client must read one well above that; a message above even
+        // this ends the connection (see `oversized`).
+        o.set_max_packet_size(INCOMING_MAX, 16 << 20);
         o.set_last_will(LastWill::new(
             format!("{}/status", self.topic_prefix()),
             r#"{"state":"offline"}"#,
@@ -271,7 +280,16 @@ impl Upstream {
                             break Ended::Dropped(why);
                         }
                     }
-                    Some(Err(e)) => break Ended::Dropped(self.describe(&e)),
+                    Some(Err(e)) => {
+                        if let ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+                        )) = &e
+                        {
+                            self.oversized
+                                .store(*n, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        break Ended::Dropped(self.describe(&e));
+                    }
                     None => break Ended::Dropped(format!("upstream broker {}: connection closed", self.config.upstream.url)),
                 },
                 // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
@@ -337,6 +355,10 @@ impl Upstream {
                 tracing::info!("connected to upstream broker {}", self.config.upstream.url);
                 self.status
                     .set_upstream(true, format!("connected to {}", self.config.upstream.url));
+                let n = self.oversized.swap(0, std::sync::atomic::Ordering::Relaxed);
+                if n > 0 {
+                    self.clear_oversized(client, conn, n);
+                }
                 for topic in [self.replay_topic(), self.config_topic("set")] {
                     if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                         tracing::warn!("subscribing to {topic}: {e}");
@@ -400,7 +422,17 @@ impl Upstream {
         }
         for row in rows {
             let seq = row.seq;
-            let (topic, payload) = self.encode(row)?;
+            let (topic, payload) = match self.encode(row) {
+                Ok(encoded) => encoded,
+                Err((e, cbor)) => {
+                    // One unreadable row must not stop everything stored after it.
+                    self.writer
+                        .set_aside(seq, e.to_string(), &cbor)
+                        .map_err(|e| e.to_string())?;
+                    conn.cursor = seq;
+                    continue;
+                }
+            };
             client
                 .try_publish(topic, QoS::AtLeastOnce, false, payload)
                 .map_err(|e| format!("upstream client: {e}"))?;
@@ -410,9 +442,17 @@ impl Upstream {
         Ok(())
     }
 
-    fn encode(&self, row: PendingRow) -> Result<(String, Vec<u8>), String> {
-        let env = Envelope::from_cbor(&row.cbor)
-            .map_err(|e| format!("buffer row {} cannot be read back: {e}", row.seq))?;
+    /// The topic and payload of a pending row; a row that does not read back as an envelope
+    /// is returned with its bytes.
+    #[allow(clippy::result_large_err)]
+    fn encode(
+        &self,
+        row: PendingRow,
+    ) -> Result<(String, Vec<u8>), (edge_protocol::event::DecodeError, Vec<u8>)> {
+        let env = match Envelope::from_cbor(&row.cbor) {
+            Ok(env) => env,
+            Err(e) => return Err((e, row.cbor)),
+        };
         let topic = format!("{}/events/{}", self.topic_prefix(), env.kind());
         let payload = match self.config.upstream.format {
             Format::Cbor => row.cbor,
@@ -449,7 +489,32 @@ impl Upstream {
             return;
         };
         if p.topic == self.config_topic("set") {
-            self.config_set.send_replace(Some(p.payload.to_vec()));
+            self.config_set.send_replace(Some(crate::remote::Pushed {
+                bytes: p.payload.to_vec(),
+                retained: p.retain,
+            }));
+        }
+    }
+
+    /// Removes the retained message on config/set (an empty retained message does that) that
+    /// was too large to read, and reports it rejected, so that one message cannot keep the
+    /// uplink down.
+    fn clear_oversized(&self, client: &AsyncClient, conn: &mut Conn, bytes: usize) {
+        let why = format!(
+            "a message of {bytes} bytes arrived on {}, above the {INCOMING_MAX} bytes the agent reads; the retained document was removed from that topic (documents may have {} bytes at most)",
+            self.config_topic("set"),
+            crate::remote::MAX_DOCUMENT
+        );
+        tracing::error!("pushed configuration rejected: {why}");
+        if client
+            .try_publish(self.config_topic("set"), QoS::AtLeastOnce, true, Vec::new())
+            .is_ok()
+        {
+            conn.awaiting.push_back(Sent::Status);
+        }
+        let body = serde_json::json!({"version": null, "state": "rejected", "reason": why});
+        if let Ok(mut last) = self.last_config_status.lock() {
+            *last = Some(body.to_string().into_bytes());
         }
     }
 
@@ -506,8 +571,14 @@ impl Upstream {
         .map_err(|e| e.to_string())?;
         bucket.give_back(allowed - rows.len());
         for row in rows {
-            let mut env = Envelope::from_cbor(&row.cbor)
-                .map_err(|e| format!("buffer row {} cannot be read back: {e}", row.seq))?;
+            let Ok(mut env) = Envelope::from_cbor(&row.cbor) else {
+                // Not sent when it was pending either (set aside): nothing to send again.
+                tracing::warn!(
+                    "replay: buffer row {} cannot be read back; skipped",
+                    row.seq
+                );
+                continue;
+            };
             env.replayed = true;
             let topic = format!("{}/events/{}", self.topic_prefix(), env.kind());
             let payload = match self.config.upstream.format {
@@ -530,10 +601,7 @@ impl Upstream {
     }
 
     async fn publish_status(&self, client: &AsyncClient, conn: &mut Conn) {
-        let store = self.store.clone();
-        let stats = tokio::task::spawn_blocking(move || store.stats()).await;
-        let Ok(Ok(stats)) = stats else { return };
-        let body = status_json(&stats, &self.status);
+        let body = crate::control::current_status(&self.store, &self.status).await;
         let topic = format!("{}/status", self.topic_prefix());
         if client
             .try_publish(topic, QoS::AtLeastOnce, true, body.to_string())

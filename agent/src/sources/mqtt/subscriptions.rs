@@ -6,7 +6,6 @@
 //! away, and a broker with a queue limit would then drop messages on the topics that matter.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -47,11 +46,7 @@ pub fn save(path: &Path, session: &str, topics: &[String]) -> std::io::Result<()
     }
     all.insert(session.to_string(), topics.to_vec());
     let bytes = serde_json::to_vec_pretty(&all).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::state_file::replace(path, &bytes)
 }
 
 #[cfg(test)]
