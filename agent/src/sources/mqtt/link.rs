@@ -1,6 +1,12 @@
-//! One connection to a site broker as an MQTT 5 subscriber: connect (TCP or TLS), subscribe,
-//! read packets, write PUBACKs. Packets are encoded and decoded by rumqttc's codec
-//! (`mqttbytes`); the connection itself is ours so that the source decides when to read.
+//! One connection to a site broker as a subscriber: connect (TCP or TLS), subscribe, read
+//! packets, write PUBACKs. Packets are encoded and decoded by rumqttc's codecs (`mqttbytes`:
+//! `v5` for MQTT 5, `v4` for MQTT 3.1.1); the connection itself is ours so that the source
+//! decides when to read.
+//!
+//! MQTT 5 first; a broker that refuses it gets MQTT 3.1.1 (see [`Link::open`]). Whichever is
+//! spoken, the source sees one packet model, MQTT 5's: a 3.1.1 packet is handed on as the MQTT 5
+//! packet that means the same (3.1.1 is a subset), and the source writes through the methods
+//! here, which encode for the version in use.
 //!
 //! Why not rumqttc's event loop: it reads up to ten packets for each request (a PUBACK) it
 //! writes, and some brokers (mosquitto 2.0.11 here) send far past the Receive Maximum we
@@ -18,11 +24,12 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5::{
     check, ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
-    DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, RetainForwardRule, Subscribe,
-    SubscribeReasonCode, Unsubscribe,
+    DisconnectReasonCode, Filter, Login, Packet, PingReq, PingResp, PubAck, Publish,
+    RetainForwardRule, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 use rumqttc::v5::mqttbytes::{Error as CodecError, QoS};
 use rustls::pki_types::ServerName;
@@ -32,6 +39,29 @@ use tokio::net::TcpStream;
 
 /// How long connecting (TCP, TLS and CONNACK together) and any single write may take.
 const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest packet taken in MQTT 3.1.1: the protocol's own limit. 3.1.1 cannot tell the
+/// broker a maximum packet size, so a larger message would come anyway, and refusing it would
+/// end the connection at every redelivery; the broker's own limit (mosquitto:
+/// `message_size_limit`) is what bounds it.
+const V311_MAX_PACKET: usize = 268_435_455;
+
+/// The MQTT version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V5,
+    /// MQTT 3.1.1 (protocol level 4): used when the broker refused MQTT 5.
+    V311,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Version::V5 => "MQTT 5",
+            Version::V311 => "MQTT 3.1.1",
+        })
+    }
+}
 
 /// What a connection is made with.
 pub struct Settings {
@@ -59,6 +89,27 @@ pub enum LinkError {
     Disconnected(DisconnectReasonCode, Option<String>),
     Subscription(String, SubscribeReasonCode),
     Protocol(String),
+    /// The broker closed the connection without answering our CONNECT in this version.
+    ClosedAtConnect(Version),
+    /// What came back to our CONNECT in this version is not an MQTT CONNACK: the first bytes
+    /// (escaped) and, if the codec said why, why.
+    NotMqtt(Version, String),
+}
+
+impl LinkError {
+    /// Whether this error of a CONNECT in MQTT 5 is the broker refusing MQTT 5: it said so
+    /// (reason code 0x84 or a 3.1.1 CONNACK), closed the connection, or answered something the
+    /// MQTT 5 codec cannot read. The next attempt is then MQTT 3.1.1. Not a refusal: TCP and TLS
+    /// failures, timeouts and any other refusal (credentials, client id…), which 3.1.1 would
+    /// meet as well.
+    pub fn refuses_v5(&self) -> bool {
+        matches!(
+            self,
+            LinkError::Refused(ConnectReturnCode::UnsupportedProtocolVersion, _)
+                | LinkError::ClosedAtConnect(Version::V5)
+                | LinkError::NotMqtt(Version::V5, _)
+        )
+    }
 }
 
 impl fmt::Display for LinkError {
@@ -83,6 +134,15 @@ impl fmt::Display for LinkError {
                 )
             }
             LinkError::Protocol(what) => write!(f, "protocol error: {what}"),
+            LinkError::ClosedAtConnect(v) => {
+                write!(
+                    f,
+                    "the broker closed the connection without answering the {v} CONNECT"
+                )
+            }
+            LinkError::NotMqtt(v, what) => {
+                write!(f, "the answer to the {v} CONNECT is not MQTT: {what}")
+            }
         }
     }
 }
@@ -118,8 +178,9 @@ impl From<CodecError> for LinkError {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// An open, accepted MQTT 5 connection.
+/// An open, accepted connection, in MQTT 5 or 3.1.1.
 pub struct Link {
+    version: Version,
     stream: Box<dyn Io>,
     /// Bytes read and not yet decoded.
     input: BytesMut,
@@ -135,10 +196,49 @@ pub struct Link {
 }
 
 impl Link {
+    /// Connects in the version `known` holds, or if none is known yet (the first connection
+    /// to this broker since the agent started) in MQTT 5 and then, if the broker refuses MQTT 5
+    /// (see [`LinkError::refuses_v5`]), in MQTT 3.1.1. Records in `known` the version the broker
+    /// answered in, for every later connection: a broker that once refused MQTT 5 is not asked
+    /// again until the agent restarts, and a flaky MQTT 5 broker is not downgraded later. A
+    /// 3.1.1 attempt that fails too returns its own error (the cause: credentials, not a broker…).
+    pub async fn open(
+        s: &Settings,
+        known: &mut Option<Version>,
+    ) -> Result<(Link, ConnAck), LinkError> {
+        if let Some(v) = *known {
+            return Link::connect(s, v).await;
+        }
+        let v5 = match Link::connect(s, Version::V5).await {
+            Ok(r) => {
+                *known = Some(Version::V5);
+                return Ok(r);
+            }
+            Err(e) if e.refuses_v5() => e,
+            Err(e) => return Err(e),
+        };
+        tracing::info!(
+            "site broker {}:{}: {v5}; taken as refusing MQTT 5, connecting in MQTT 3.1.1",
+            s.host,
+            s.port
+        );
+        let r = Link::connect(s, Version::V311).await;
+        // A CONNACK in 3.1.1, even one refusing (credentials…), shows the broker speaks it.
+        if matches!(&r, Ok(_) | Err(LinkError::Refused(..))) {
+            *known = Some(Version::V311);
+        }
+        r
+    }
+
+    /// The version this connection speaks.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
     /// Connects and waits for the broker to accept: the CONNACK, whose `session_present`
     /// tells whether the broker kept our session. Each step (TCP, TLS, CONNACK) has
     /// `NETWORK_TIMEOUT` and is named if it runs out.
-    pub async fn connect(s: &Settings) -> Result<(Link, ConnAck), LinkError> {
+    pub async fn connect(s: &Settings, version: Version) -> Result<(Link, ConnAck), LinkError> {
         let step = |what: &'static str| move |_| LinkError::Timeout(what, NETWORK_TIMEOUT);
         let tcp = tokio::time::timeout(
             NETWORK_TIMEOUT,
@@ -160,13 +260,18 @@ impl Link {
                 Box::new(tls)
             }
         };
-        tokio::time::timeout(NETWORK_TIMEOUT, Link::handshake(s, stream))
+        tokio::time::timeout(NETWORK_TIMEOUT, Link::handshake(s, version, stream))
             .await
             .map_err(step("CONNACK"))?
     }
 
-    async fn handshake(s: &Settings, stream: Box<dyn Io>) -> Result<(Link, ConnAck), LinkError> {
+    async fn handshake(
+        s: &Settings,
+        version: Version,
+        stream: Box<dyn Io>,
+    ) -> Result<(Link, ConnAck), LinkError> {
         let mut link = Link {
+            version,
             stream,
             input: BytesMut::with_capacity(16 * 1024),
             output: BytesMut::with_capacity(4 * 1024),
@@ -175,6 +280,25 @@ impl Link {
             pings: VecDeque::new(),
             subscribing: None,
         };
+        let sent = match version {
+            Version::V5 => link.send_connect_v5(s).await,
+            Version::V311 => link.send_connect_v311(s).await,
+        };
+        // A broker that closes at once may make the write fail.
+        sent.map_err(|e| link.at_connect(e))?;
+        loop {
+            let answer = match version {
+                Version::V5 => link.connack_v5(),
+                Version::V311 => link.connack_v311(),
+            };
+            if let Some(ack) = answer? {
+                return Ok((link, ack));
+            }
+            link.fill().await.map_err(|e| link.at_connect(e))?;
+        }
+    }
+
+    async fn send_connect_v5(&mut self, s: &Settings) -> Result<(), LinkError> {
         let mut properties = ConnectProperties::new();
         properties.session_expiry_interval =
             Some(s.session_expiry.as_secs().min(u32::MAX as u64) as u32);
@@ -190,58 +314,167 @@ impl Link {
             .login
             .as_ref()
             .map(|(u, p)| Login::new(u.as_str(), p.as_str()));
-        link.send(Packet::Connect(connect, None, login)).await?;
-        loop {
-            if let Some(packet) = link.try_next()? {
-                let Packet::ConnAck(ack) = packet else {
-                    return Err(LinkError::Protocol(format!(
-                        "expected CONNACK, got {packet:?}"
-                    )));
-                };
-                if ack.code != ConnectReturnCode::Success {
-                    let reason = ack
-                        .properties
-                        .as_ref()
-                        .and_then(|p| p.reason_string.clone());
-                    return Err(LinkError::Refused(ack.code, reason));
-                }
-                // A broker may ask for a keep-alive of its own; 0 (none) leaves ours, which
-                // the PINGREQs of the flow control need anyway.
-                if let Some(k) = ack.properties.as_ref().and_then(|p| p.server_keep_alive) {
-                    if k > 0 {
-                        link.keep_alive_every = Duration::from_secs(u64::from(k));
-                    }
-                }
-                return Ok((link, ack));
-            }
-            link.fill().await?;
+        self.send(Packet::Connect(connect, None, login)).await
+    }
+
+    /// MQTT 3.1.1 has no session expiry (a persistent session lasts as long as the broker
+    /// keeps it), no Receive Maximum (the broker's own in-flight limit applies, e.g.
+    /// mosquitto's `max_inflight_messages`; the source's window still bounds what it stores)
+    /// and no maximum packet size.
+    async fn send_connect_v311(&mut self, s: &Settings) -> Result<(), LinkError> {
+        let connect = v4::Connect {
+            protocol: rumqttc::mqttbytes::Protocol::V4,
+            keep_alive: s.keep_alive.as_secs().min(u16::MAX as u64) as u16,
+            client_id: s.client_id.clone(),
+            clean_session: false,
+            last_will: None,
+            login: s.login.as_ref().map(|(u, p)| v4::Login::new(u, p)),
+        };
+        self.send_v311(v4::Packet::Connect(connect)).await
+    }
+
+    /// An I/O error while waiting for the CONNACK: the broker hanging up is
+    /// [`LinkError::ClosedAtConnect`], or [`LinkError::NotMqtt`] if it sent something first;
+    /// anything else (TLS alerts among them) stays as it is.
+    fn at_connect(&self, e: LinkError) -> LinkError {
+        let LinkError::Io(io) = &e else { return e };
+        use io::ErrorKind::*;
+        if !matches!(
+            io.kind(),
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+        ) {
+            return e;
         }
+        if self.input.is_empty() {
+            LinkError::ClosedAtConnect(self.version)
+        } else {
+            LinkError::NotMqtt(self.version, self.head())
+        }
+    }
+
+    /// The first bytes read and not yet decoded, escaped and quoted.
+    fn head(&self) -> String {
+        let shown = &self.input[..self.input.len().min(24)];
+        let more = if self.input.len() > shown.len() {
+            "…"
+        } else {
+            ""
+        };
+        format!("\"{}{more}\"", shown.escape_ascii())
+    }
+
+    /// The CONNACK, if it is all here; what cannot be decoded is [`LinkError::NotMqtt`].
+    fn read_connack(&mut self) -> Result<Option<Packet>, LinkError> {
+        // Taken first: decoding consumes the frame it fails on.
+        let head = self.head();
+        match self.read_packet() {
+            Err(LinkError::Protocol(why)) => {
+                Err(LinkError::NotMqtt(self.version, format!("{head} ({why})")))
+            }
+            Ok(Some(Packet::ConnAck(ack))) => Ok(Some(Packet::ConnAck(ack))),
+            Ok(Some(other)) => Err(LinkError::NotMqtt(
+                self.version,
+                format!("expected CONNACK, got {other:?}"),
+            )),
+            other => other,
+        }
+    }
+
+    /// The CONNACK of an MQTT 5 CONNECT, if it is all here.
+    fn connack_v5(&mut self) -> Result<Option<ConnAck>, LinkError> {
+        // A CONNACK of two bytes is MQTT 3.1.1's (MQTT 5 adds at least a property length):
+        // mosquitto-style brokers that do not speak MQTT 5 answer so, with return code 1
+        // (unacceptable protocol version), and the MQTT 5 codec cannot read it.
+        if let [0x20, 0x02, _, code, ..] = self.input[..] {
+            return Err(LinkError::Refused(
+                ConnectReturnCode::UnsupportedProtocolVersion,
+                Some(format!("answered in MQTT 3.1.1, return code {code}")),
+            ));
+        }
+        let Some(Packet::ConnAck(ack)) = self.read_connack()? else {
+            return Ok(None);
+        };
+        if ack.code != ConnectReturnCode::Success {
+            let reason = ack
+                .properties
+                .as_ref()
+                .and_then(|p| p.reason_string.clone());
+            return Err(LinkError::Refused(ack.code, reason));
+        }
+        // A broker may ask for a keep-alive of its own; 0 (none) leaves ours, which
+        // the PINGREQs of the flow control need anyway.
+        if let Some(k) = ack.properties.as_ref().and_then(|p| p.server_keep_alive) {
+            if k > 0 {
+                self.keep_alive_every = Duration::from_secs(u64::from(k));
+            }
+        }
+        Ok(Some(ack))
+    }
+
+    /// The CONNACK of an MQTT 3.1.1 CONNECT, if it is all here, as the MQTT 5 one it means.
+    fn connack_v311(&mut self) -> Result<Option<ConnAck>, LinkError> {
+        let Some(Packet::ConnAck(ack)) = self.read_connack()? else {
+            return Ok(None);
+        };
+        if ack.code != ConnectReturnCode::Success {
+            return Err(LinkError::Refused(ack.code, None));
+        }
+        Ok(Some(ack))
     }
 
     /// Subscribes to `topics` with QoS 1. The SUBACK comes back through [`Link::try_next`],
     /// which turns a refused filter into an error.
+    ///
+    /// In MQTT 5 retained messages come only when the subscription is new (retain handling
+    /// 1). MQTT 3.1.1 has no such option: the broker sends them at every SUBSCRIBE, so the
+    /// source does not subscribe again to what a resumed session already has.
     pub async fn subscribe(&mut self, topics: &[String]) -> Result<(), LinkError> {
-        // Retained messages only when the subscription is new, not again at every reconnect
-        // (each copy would be stored as a new reading).
-        let filters = topics.iter().map(|t| Filter {
-            retain_forward_rule: RetainForwardRule::OnNewSubscribe,
-            ..Filter::new(t.clone(), QoS::AtLeastOnce)
-        });
-        let mut subscribe = Subscribe::new_many(filters, None);
-        subscribe.pkid = 1;
-        self.subscribing = Some((subscribe.pkid, topics.to_vec()));
-        self.send(Packet::Subscribe(subscribe)).await
+        const PKID: u16 = 1;
+        self.subscribing = Some((PKID, topics.to_vec()));
+        match self.version {
+            Version::V5 => {
+                // Retained messages only when the subscription is new, not again at every
+                // reconnect (each copy would be stored as a new reading).
+                let filters = topics.iter().map(|t| Filter {
+                    retain_forward_rule: RetainForwardRule::OnNewSubscribe,
+                    ..Filter::new(t.clone(), QoS::AtLeastOnce)
+                });
+                let mut subscribe = Subscribe::new_many(filters, None);
+                subscribe.pkid = PKID;
+                self.send(Packet::Subscribe(subscribe)).await
+            }
+            Version::V311 => {
+                let filters = topics.iter().map(|t| {
+                    v4::SubscribeFilter::new(t.clone(), rumqttc::mqttbytes::QoS::AtLeastOnce)
+                });
+                let mut subscribe = v4::Subscribe::new_many(filters);
+                subscribe.pkid = PKID;
+                self.send_v311(v4::Packet::Subscribe(subscribe)).await
+            }
+        }
     }
 
     /// Unsubscribes from `topics` (filters this client no longer wants that the broker's
     /// session may still hold). The UNSUBACK comes back through [`Link::try_next`].
     pub async fn unsubscribe(&mut self, topics: &[String]) -> Result<(), LinkError> {
-        let unsubscribe = Unsubscribe {
-            pkid: 2,
-            filters: topics.to_vec(),
-            properties: None,
-        };
-        self.send(Packet::Unsubscribe(unsubscribe)).await
+        const PKID: u16 = 2;
+        match self.version {
+            Version::V5 => {
+                let unsubscribe = Unsubscribe {
+                    pkid: PKID,
+                    filters: topics.to_vec(),
+                    properties: None,
+                };
+                self.send(Packet::Unsubscribe(unsubscribe)).await
+            }
+            Version::V311 => {
+                let unsubscribe = v4::Unsubscribe {
+                    pkid: PKID,
+                    topics: topics.to_vec(),
+                };
+                self.send_v311(v4::Packet::Unsubscribe(unsubscribe)).await
+            }
+        }
     }
 
     /// The next complete packet already read, if any. A refused subscription and a
@@ -265,6 +498,13 @@ impl Link {
     }
 
     fn read_packet(&mut self) -> Result<Option<Packet>, LinkError> {
+        match self.version {
+            Version::V5 => self.read_v5(),
+            Version::V311 => self.read_v311(),
+        }
+    }
+
+    fn read_v5(&mut self) -> Result<Option<Packet>, LinkError> {
         let header = match check(self.input.iter(), Some(self.max_packet)) {
             Ok(h) => h,
             Err(CodecError::InsufficientBytes(_)) => return Ok(None),
@@ -283,6 +523,67 @@ impl Link {
             return Ok(Some(Packet::Disconnect(Disconnect::new(reason))));
         }
         Ok(Some(Packet::read(&mut self.input, Some(self.max_packet))?))
+    }
+
+    /// The next MQTT 3.1.1 packet, as the MQTT 5 packet it means. Packets a QoS 1 subscriber
+    /// has no use for (QoS 2 handshakes, which a QoS 1 subscription never gets) are skipped.
+    fn read_v311(&mut self) -> Result<Option<Packet>, LinkError> {
+        use rumqttc::mqttbytes::Error as Error311;
+        loop {
+            // The whole frame first: an error decoding a complete frame is an error, not a
+            // wait for more bytes.
+            match rumqttc::mqttbytes::check(self.input.iter(), V311_MAX_PACKET) {
+                Ok(_) => {}
+                Err(Error311::InsufficientBytes(_)) => return Ok(None),
+                Err(e) => return Err(LinkError::Protocol(e.to_string())),
+            }
+            let packet = v4::Packet::read(&mut self.input, V311_MAX_PACKET)
+                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            return Ok(Some(match packet {
+                v4::Packet::Publish(p) => Packet::Publish(Publish {
+                    dup: p.dup,
+                    qos: qos_v5(p.qos),
+                    retain: p.retain,
+                    topic: Bytes::from(p.topic),
+                    pkid: p.pkid,
+                    payload: p.payload,
+                    properties: None,
+                }),
+                v4::Packet::PingResp => Packet::PingResp(PingResp),
+                v4::Packet::SubAck(ack) => Packet::SubAck(SubAck {
+                    pkid: ack.pkid,
+                    return_codes: ack
+                        .return_codes
+                        .iter()
+                        .map(|c| match c {
+                            v4::SubscribeReasonCode::Success(q) => {
+                                SubscribeReasonCode::Success(qos_v5(*q))
+                            }
+                            v4::SubscribeReasonCode::Failure => SubscribeReasonCode::Failure,
+                        })
+                        .collect(),
+                    properties: None,
+                }),
+                v4::Packet::UnsubAck(ack) => Packet::UnsubAck(UnsubAck {
+                    pkid: ack.pkid,
+                    reasons: Vec::new(),
+                    properties: None,
+                }),
+                v4::Packet::ConnAck(ack) => Packet::ConnAck(ConnAck {
+                    session_present: ack.session_present,
+                    code: connect_code_v5(ack.code),
+                    properties: None,
+                }),
+                // Not sent by 3.1.1 brokers; some close so anyway.
+                v4::Packet::Disconnect => {
+                    Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection))
+                }
+                other => {
+                    tracing::debug!("ignoring {other:?} from the site broker");
+                    continue;
+                }
+            }));
+        }
     }
 
     fn check_suback(&mut self, pkid: u16, codes: &[SubscribeReasonCode]) -> Result<(), LinkError> {
@@ -319,7 +620,10 @@ impl Link {
 
     /// Queues a PUBACK; [`Link::flush`] writes it.
     pub fn ack(&mut self, pkid: u16) -> Result<(), LinkError> {
-        Packet::PubAck(PubAck::new(pkid, None)).write(&mut self.output, None)?;
+        match self.version {
+            Version::V5 => Packet::PubAck(PubAck::new(pkid, None)).write(&mut self.output, None)?,
+            Version::V311 => self.queue_v311(v4::Packet::PubAck(v4::PubAck::new(pkid)))?,
+        };
         Ok(())
     }
 
@@ -340,7 +644,10 @@ impl Link {
     /// everything we wrote before it, so its PINGRESP also confirms our earlier PUBACKs.
     /// PINGRESPs come back in the order of their PINGREQs.
     pub fn ping(&mut self) -> Result<(), LinkError> {
-        Packet::PingReq(PingReq).write(&mut self.output, None)?;
+        match self.version {
+            Version::V5 => Packet::PingReq(PingReq).write(&mut self.output, None)?,
+            Version::V311 => self.queue_v311(v4::Packet::PingReq)?,
+        };
         self.pings.push_back(tokio::time::Instant::now());
         Ok(())
     }
@@ -358,17 +665,56 @@ impl Link {
         }
     }
 
-    /// A clean goodbye; the broker keeps the session (its expiry was set at connect).
+    /// A clean goodbye; the broker keeps the session (MQTT 5: its expiry was set at
+    /// connect; 3.1.1: a session without clean_session lasts as long as the broker keeps it).
     pub async fn disconnect(&mut self) -> Result<(), LinkError> {
-        self.send(Packet::Disconnect(Disconnect::new(
-            DisconnectReasonCode::NormalDisconnection,
-        )))
-        .await
+        match self.version {
+            Version::V5 => {
+                self.send(Packet::Disconnect(Disconnect::new(
+                    DisconnectReasonCode::NormalDisconnection,
+                )))
+                .await
+            }
+            Version::V311 => self.send_v311(v4::Packet::Disconnect).await,
+        }
     }
 
     async fn send(&mut self, packet: Packet) -> Result<(), LinkError> {
         packet.write(&mut self.output, None)?;
         self.flush().await
+    }
+
+    fn queue_v311(&mut self, packet: v4::Packet) -> Result<usize, LinkError> {
+        packet
+            .write(&mut self.output, V311_MAX_PACKET)
+            .map_err(|e| LinkError::Protocol(e.to_string()))
+    }
+
+    async fn send_v311(&mut self, packet: v4::Packet) -> Result<(), LinkError> {
+        self.queue_v311(packet)?;
+        self.flush().await
+    }
+}
+
+fn qos_v5(q: rumqttc::mqttbytes::QoS) -> QoS {
+    match q {
+        rumqttc::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// A 3.1.1 CONNACK return code as the MQTT 5 reason code that means the same.
+fn connect_code_v5(code: v4::ConnectReturnCode) -> ConnectReturnCode {
+    match code {
+        v4::ConnectReturnCode::Success => ConnectReturnCode::Success,
+        v4::ConnectReturnCode::RefusedProtocolVersion => {
+            ConnectReturnCode::UnsupportedProtocolVersion
+        }
+        v4::ConnectReturnCode::BadClientId => ConnectReturnCode::ClientIdentifierNotValid,
+        v4::ConnectReturnCode::ServiceUnavailable => ConnectReturnCode::ServerUnavailable,
+        v4::ConnectReturnCode::BadUserNamePassword => ConnectReturnCode::BadUserNamePassword,
+        v4::ConnectReturnCode::NotAuthorized => ConnectReturnCode::NotAuthorized,
     }
 }
 
@@ -463,7 +809,17 @@ mod tests {
             })
             .await
         });
-        Link::connect(&s).await
+        Link::connect(&s, Version::V5).await
+    }
+
+    /// The next packet from the peer.
+    async fn next_packet(link: &mut Link) -> Packet {
+        loop {
+            if let Some(p) = link.try_next().unwrap() {
+                return p;
+            }
+            link.fill().await.unwrap();
+        }
     }
 
     /// Reads until the link reports an error; any packet before it fails the test.
@@ -692,5 +1048,406 @@ mod tests {
         };
         assert_eq!(e.to_string(), "no PINGRESP within 300ms");
         drop(answer_tx);
+    }
+
+    /// A broker's side of one connection, in raw frames: it reads CONNECTs of either version
+    /// and speaks 3.1.1 through the v4 codec.
+    struct Raw {
+        stream: TcpStream,
+        input: BytesMut,
+    }
+
+    impl Raw {
+        /// The next whole frame; None if the link closed the connection.
+        async fn frame(&mut self) -> Option<BytesMut> {
+            loop {
+                match rumqttc::mqttbytes::check(self.input.iter(), 1 << 20) {
+                    Ok(h) => return Some(self.input.split_to(h.frame_length())),
+                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                        if self.stream.read_buf(&mut self.input).await.unwrap() == 0 {
+                            return None;
+                        }
+                    }
+                    Err(e) => panic!("the link sent something unframable: {e}"),
+                }
+            }
+        }
+
+        /// Reads a CONNECT and returns its protocol level (5: MQTT 5, 4: MQTT 3.1.1).
+        async fn connect_level(&mut self) -> u8 {
+            let f = self.frame().await.expect("no CONNECT");
+            assert_eq!(f[0], 0x10, "not a CONNECT");
+            let at = f.windows(4).position(|w| w == b"MQTT").unwrap();
+            f[at + 4]
+        }
+
+        async fn next_v4(&mut self) -> v4::Packet {
+            let mut f = self.frame().await.expect("the link closed the connection");
+            v4::Packet::read(&mut f, 1 << 20).unwrap()
+        }
+
+        async fn send_v4(&mut self, p: v4::Packet) {
+            let mut out = BytesMut::new();
+            p.write(&mut out, 1 << 20).unwrap();
+            self.stream.write_all(&out).await.unwrap();
+        }
+
+        async fn send_v5(&mut self, p: Packet) {
+            let mut out = BytesMut::new();
+            p.write(&mut out, None).unwrap();
+            self.stream.write_all(&out).await.unwrap();
+        }
+    }
+
+    /// Opens a link (with `known`) to a broker that plays `broker(n, connection)` on its n-th
+    /// connection (from 0); returns the outcome and how many connections it got.
+    async fn open_against<F, Fut>(
+        known: &mut Option<Version>,
+        broker: F,
+    ) -> (Result<(Link, ConnAck), LinkError>, usize)
+    where
+        F: Fn(usize, Raw) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut s = settings(0);
+        s.port = listener.local_addr().unwrap().port();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(broker(
+                    n,
+                    Raw {
+                        stream,
+                        input: BytesMut::new(),
+                    },
+                ));
+            }
+        });
+        let r = Link::open(&s, known).await;
+        (r, count.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// How brokers without MQTT 5 answer an MQTT 5 CONNECT.
+    #[derive(Clone, Copy, Debug)]
+    enum Refusal {
+        /// mosquitto 1.4 and the like: a 3.1.1 CONNACK, return code 1, then close.
+        Connack311,
+        /// rumqttd's v4 listener and the like: close at once.
+        Close,
+        /// An MQTT 5 CONNACK with reason 0x84 (unsupported protocol version).
+        Connack5,
+        /// Something no MQTT 5 codec reads.
+        Garbage,
+    }
+
+    async fn refuse(peer: &mut Raw, how: Refusal) {
+        match how {
+            Refusal::Connack311 => peer
+                .stream
+                .write_all(&[0x20, 0x02, 0x00, 0x01])
+                .await
+                .unwrap(),
+            Refusal::Close => {}
+            Refusal::Connack5 => {
+                peer.send_v5(connack(
+                    ConnectReturnCode::UnsupportedProtocolVersion,
+                    None,
+                    None,
+                ))
+                .await
+            }
+            Refusal::Garbage => peer.stream.write_all(&[0x20, 0x7f, 0xff]).await.unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broker_refusing_mqtt5_in_any_of_the_usual_ways_is_spoken_to_in_311() {
+        for how in [
+            Refusal::Connack311,
+            Refusal::Close,
+            Refusal::Connack5,
+            Refusal::Garbage,
+        ] {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let tx = std::sync::Mutex::new(Some(tx));
+            let mut known = None;
+            let (r, connections) = open_against(&mut known, move |n, mut peer| {
+                let tx = if n > 0 {
+                    tx.lock().unwrap().take()
+                } else {
+                    None
+                };
+                async move {
+                    match n {
+                        0 => {
+                            assert_eq!(peer.connect_level().await, 5, "MQTT 5 first");
+                            refuse(&mut peer, how).await;
+                        }
+                        _ => {
+                            let first = peer.next_v4().await;
+                            peer.send_v4(v4::Packet::ConnAck(v4::ConnAck::new(
+                                v4::ConnectReturnCode::Success,
+                                true,
+                            )))
+                            .await;
+                            if let Some(tx) = tx {
+                                let _ = tx.send(first);
+                            }
+                            // Holds the connection until the test ends.
+                            let _ = peer.frame().await;
+                        }
+                    }
+                }
+            })
+            .await;
+            let (link, ack) = r.unwrap_or_else(|e| panic!("{how:?}: {e}"));
+            assert_eq!(connections, 2, "{how:?}");
+            assert_eq!(link.version(), Version::V311, "{how:?}");
+            assert_eq!(known, Some(Version::V311), "{how:?}: remembered");
+            assert!(ack.session_present, "{how:?}");
+            let v4::Packet::Connect(connect) = rx.await.unwrap() else {
+                panic!("{how:?}: the 3.1.1 attempt did not start with CONNECT");
+            };
+            assert_eq!(connect.protocol, rumqttc::mqttbytes::Protocol::V4);
+            assert!(!connect.clean_session, "the session must survive restarts");
+            assert_eq!(connect.client_id, "edge-agent-test");
+            assert_eq!(connect.keep_alive, 30);
+            let login = connect.login.unwrap();
+            assert_eq!(
+                (login.username.as_str(), login.password.as_str()),
+                ("edge", "secret")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn in_311_the_link_subscribes_reads_acknowledges_and_pings_as_in_mqtt5() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let done_tx = std::sync::Mutex::new(Some(done_tx));
+        let mut known = Some(Version::V311);
+        let (r, connections) = open_against(&mut known, move |_, mut peer| {
+            let done_tx = done_tx.lock().unwrap().take();
+            async move {
+                assert!(matches!(peer.next_v4().await, v4::Packet::Connect(_)));
+                peer.send_v4(v4::Packet::ConnAck(v4::ConnAck::new(
+                    v4::ConnectReturnCode::Success,
+                    false,
+                )))
+                .await;
+                let v4::Packet::Unsubscribe(unsub) = peer.next_v4().await else {
+                    panic!("expected UNSUBSCRIBE")
+                };
+                assert_eq!(unsub.topics, ["site/old"]);
+                peer.send_v4(v4::Packet::UnsubAck(v4::UnsubAck::new(unsub.pkid)))
+                    .await;
+                let v4::Packet::Subscribe(sub) = peer.next_v4().await else {
+                    panic!("expected SUBSCRIBE")
+                };
+                let filters: Vec<_> = sub
+                    .filters
+                    .iter()
+                    .map(|f| (f.path.as_str(), f.qos))
+                    .collect();
+                assert_eq!(
+                    filters,
+                    [
+                        ("site/scan", rumqttc::mqttbytes::QoS::AtLeastOnce),
+                        ("site/plc/#", rumqttc::mqttbytes::QoS::AtLeastOnce)
+                    ]
+                );
+                peer.send_v4(v4::Packet::SubAck(v4::SubAck::new(
+                    sub.pkid,
+                    vec![
+                        v4::SubscribeReasonCode::Success(rumqttc::mqttbytes::QoS::AtLeastOnce),
+                        v4::SubscribeReasonCode::Success(rumqttc::mqttbytes::QoS::AtLeastOnce),
+                    ],
+                )))
+                .await;
+                let mut publish =
+                    v4::Publish::new("site/scan", rumqttc::mqttbytes::QoS::AtLeastOnce, "LPN1");
+                publish.pkid = 7;
+                peer.send_v4(v4::Packet::Publish(publish)).await;
+                assert_eq!(peer.next_v4().await, v4::Packet::PubAck(v4::PubAck::new(7)));
+                assert_eq!(peer.next_v4().await, v4::Packet::PingReq);
+                peer.send_v4(v4::Packet::PingResp).await;
+                assert_eq!(peer.next_v4().await, v4::Packet::Disconnect);
+                if let Some(tx) = done_tx {
+                    let _ = tx.send(());
+                }
+            }
+        })
+        .await;
+        let (mut link, ack) = r.unwrap();
+        assert_eq!(
+            connections, 1,
+            "a known 3.1.1 broker is not asked for MQTT 5 again"
+        );
+        assert!(!ack.session_present);
+        link.unsubscribe(&["site/old".into()]).await.unwrap();
+        link.subscribe(&["site/scan".into(), "site/plc/#".into()])
+            .await
+            .unwrap();
+        assert!(matches!(next_packet(&mut link).await, Packet::UnsubAck(_)));
+        assert!(matches!(next_packet(&mut link).await, Packet::SubAck(_)));
+        let Packet::Publish(p) = next_packet(&mut link).await else {
+            panic!("expected PUBLISH")
+        };
+        assert_eq!(
+            (&p.topic[..], &p.payload[..], p.qos, p.pkid),
+            (&b"site/scan"[..], &b"LPN1"[..], QoS::AtLeastOnce, 7)
+        );
+        link.ack(7).unwrap();
+        link.ping().unwrap();
+        link.flush().await.unwrap();
+        assert!(matches!(next_packet(&mut link).await, Packet::PingResp(_)));
+        assert!(
+            link.keep_alive().unwrap(),
+            "the PINGRESP answered the PINGREQ"
+        );
+        link.disconnect().await.unwrap();
+        done_rx.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refused_311_subscription_names_its_topic() {
+        let mut known = Some(Version::V311);
+        let (r, _) = open_against(&mut known, |_, mut peer| async move {
+            peer.next_v4().await;
+            peer.send_v4(v4::Packet::ConnAck(v4::ConnAck::new(
+                v4::ConnectReturnCode::Success,
+                false,
+            )))
+            .await;
+            let v4::Packet::Subscribe(sub) = peer.next_v4().await else {
+                panic!("expected SUBSCRIBE")
+            };
+            peer.send_v4(v4::Packet::SubAck(v4::SubAck::new(
+                sub.pkid,
+                vec![v4::SubscribeReasonCode::Failure],
+            )))
+            .await;
+            let _ = peer.frame().await;
+        })
+        .await;
+        let (mut link, _) = r.unwrap();
+        link.subscribe(&["site/secret/#".into()]).await.unwrap();
+        let e = first_error(&mut link).await;
+        assert!(
+            matches!(&e, LinkError::Subscription(t, SubscribeReasonCode::Failure) if t == "site/secret/#"),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_mqtt5_refusal_for_another_reason_is_not_a_reason_to_try_311() {
+        let mut known = None;
+        let (r, connections) = open_against(&mut known, |_, mut peer| async move {
+            peer.connect_level().await;
+            peer.send_v5(connack(ConnectReturnCode::NotAuthorized, None, None))
+                .await;
+        })
+        .await;
+        assert!(
+            matches!(
+                r,
+                Err(LinkError::Refused(ConnectReturnCode::NotAuthorized, _))
+            ),
+            "{:?}",
+            r.err()
+        );
+        assert_eq!(connections, 1);
+        assert_eq!(known, None, "nothing learnt: MQTT 5 again next time");
+    }
+
+    #[tokio::test]
+    async fn when_neither_version_works_the_error_is_the_311_attempts_cause() {
+        // Bad credentials in 3.1.1: the broker speaks 3.1.1, so that is remembered.
+        let mut known = None;
+        let (r, connections) = open_against(&mut known, |n, mut peer| async move {
+            if n == 0 {
+                peer.connect_level().await;
+            } else {
+                peer.next_v4().await;
+                peer.send_v4(v4::Packet::ConnAck(v4::ConnAck::new(
+                    v4::ConnectReturnCode::BadUserNamePassword,
+                    false,
+                )))
+                .await;
+            }
+        })
+        .await;
+        assert_eq!(connections, 2);
+        let Err(e) = r else { panic!("accepted") };
+        assert!(
+            matches!(
+                e,
+                LinkError::Refused(ConnectReturnCode::BadUserNamePassword, None)
+            ),
+            "{e:?}"
+        );
+        assert_eq!(known, Some(Version::V311));
+
+        // Not an MQTT broker at all: what it said, quoted.
+        let mut known = None;
+        let (r, connections) = open_against(&mut known, |_, mut peer| async move {
+            peer.frame().await;
+            peer.stream
+                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        })
+        .await;
+        assert_eq!(connections, 2);
+        let Err(e) = r else { panic!("accepted") };
+        assert!(matches!(e, LinkError::NotMqtt(Version::V311, _)), "{e:?}");
+        assert!(
+            e.to_string().starts_with(
+                "the answer to the MQTT 3.1.1 CONNECT is not MQTT: \"HTTP/1.1 400 Bad Request"
+            ),
+            "{e}"
+        );
+        assert_eq!(known, None);
+
+        // Closed both times.
+        let mut known = None;
+        let (r, _) = open_against(&mut known, |_, mut peer| async move {
+            peer.frame().await;
+        })
+        .await;
+        let Err(e) = r else { panic!("accepted") };
+        assert_eq!(
+            e.to_string(),
+            "the broker closed the connection without answering the MQTT 3.1.1 CONNECT"
+        );
+    }
+
+    #[test]
+    fn only_signs_of_a_broker_without_mqtt5_lead_to_311() {
+        let refusals = [
+            LinkError::ClosedAtConnect(Version::V5),
+            LinkError::NotMqtt(Version::V5, "\"\\xff\"".into()),
+            LinkError::Refused(ConnectReturnCode::UnsupportedProtocolVersion, None),
+        ];
+        for e in refusals {
+            assert!(e.refuses_v5(), "{e:?}");
+        }
+        let others = [
+            LinkError::Io(io::Error::from(io::ErrorKind::ConnectionRefused)),
+            LinkError::Io(io::Error::new(io::ErrorKind::InvalidData, "TLS alert")),
+            LinkError::Timeout("CONNACK", NETWORK_TIMEOUT),
+            LinkError::Refused(ConnectReturnCode::BadUserNamePassword, None),
+            LinkError::Refused(ConnectReturnCode::NotAuthorized, None),
+            LinkError::Refused(ConnectReturnCode::ServerUnavailable, None),
+            // The 3.1.1 attempt's own failures never lead anywhere else.
+            LinkError::ClosedAtConnect(Version::V311),
+            LinkError::NotMqtt(Version::V311, String::new()),
+        ];
+        for e in others {
+            assert!(!e.refuses_v5(), "{e:?}");
+        }
     }
 }

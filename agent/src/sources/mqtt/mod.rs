@@ -3,6 +3,14 @@
 //! message is acknowledged (PUBACK) only after its reading is committed, so whatever the agent
 //! has not stored the broker still holds and redelivers.
 //!
+//! A broker that refuses MQTT 5 (legacy gateways, PLC-embedded brokers, aedes in Node-RED) is
+//! read in MQTT 3.1.1 with the same guarantees: clean_session false and the same client id,
+//! PUBACK after the commit, the same window. `link` decides and remembers the version and hands
+//! on 3.1.1 packets as their MQTT 5 equivalents, so nothing here depends on it but the status
+//! detail and one thing: 3.1.1 has no retain handling, so a resumed 3.1.1 session is not
+//! subscribed again to filters it already has (each SUBSCRIBE would bring every retained
+//! message again, stored as new readings).
+//!
 //! Flow control is ours, not the broker's: while `receive_maximum` messages wait for their
 //! commit and PUBACK, the source reads nothing more (the rest waits in the socket and then in
 //! the broker). That bounds memory, and bounds what a crash can make the broker redeliver
@@ -26,7 +34,7 @@ use crate::config::{parse_mqtt_url, MqttSource};
 use crate::normalize::Normalizer;
 use crate::status::SourceState;
 use crate::tls::Access;
-use link::{Link, LinkError, Settings};
+use link::{Link, LinkError, Settings, Version};
 
 /// How long the site broker keeps our session (subscriptions and undelivered messages) while
 /// the agent is away.
@@ -75,6 +83,9 @@ impl MqttSource {
         // After a refusal the source shows open again only once a reading is stored, not at
         // every reconnect while the buffer is still full.
         let mut refused = false;
+        // The version this broker answered in, kept while the agent runs (MQTT 5 is tried
+        // again after a restart).
+        let mut version = None;
         loop {
             let delay = match self.settings(&site, &key) {
                 Err(why) => {
@@ -83,7 +94,14 @@ impl MqttSource {
                 }
                 Ok(settings) => {
                     let outcome = self
-                        .session(&settings, &mut norm, &ctx, &mut backoff, refused)
+                        .session(
+                            &settings,
+                            &mut version,
+                            &mut norm,
+                            &ctx,
+                            &mut backoff,
+                            refused,
+                        )
                         .await;
                     refused = matches!(outcome, Ok(Exit::Refused));
                     match outcome {
@@ -118,17 +136,23 @@ impl MqttSource {
     async fn session(
         &self,
         settings: &Settings,
+        version: &mut Option<Version>,
         norm: &mut Normalizer,
         ctx: &SourceContext,
         backoff: &mut Backoff,
         after_refusal: bool,
     ) -> Result<Exit, LinkError> {
         let (mut link, ack) = tokio::select! {
-            // Cancel-safe enough: an abandoned connection attempt is simply closed.
-            r = Link::connect(settings) => r?,
+            // Cancel-safe enough: an abandoned connection attempt is simply closed (and the
+            // version is learnt only from a finished one).
+            r = Link::open(settings, version) => r?,
             _ = ctx.shutdown.cancelled() => return Ok(Exit::Shutdown),
         };
-        tracing::debug!(source = %self.id, "connected to site broker {} (session present: {})", self.url, ack.session_present);
+        let protocol = match link.version() {
+            Version::V5 => "MQTT 5".to_string(),
+            v @ Version::V311 => format!("{v}: the broker refused MQTT 5"),
+        };
+        tracing::debug!(source = %self.id, "connected to site broker {} ({protocol}, session present: {})", self.url, ack.session_present);
         // Filters an earlier configuration subscribed to: the broker's session still has them.
         let memory = subscriptions::path_for(&ctx.config.storage.resolved_path());
         let session = subscriptions::session_key(&self.url, &settings.client_id);
@@ -140,21 +164,41 @@ impl MqttSource {
                 .unwrap_or_default()
         };
         let stale: Vec<String> = remembered
-            .into_iter()
+            .iter()
             .filter(|t| !self.topics.contains(t))
+            .cloned()
             .collect();
         if !stale.is_empty() {
             tracing::info!(source = %self.id, "unsubscribing from {}, no longer in topics", stale.join(", "));
             link.unsubscribe(&stale).await?;
         }
-        link.subscribe(&self.topics).await?;
+        let wanted = to_subscribe(
+            &self.topics,
+            &remembered,
+            link.version(),
+            ack.session_present,
+        );
+        let subscribing = !wanted.is_empty();
+        if subscribing {
+            link.subscribe(&wanted).await?;
+        }
         let opened = format!(
-            "subscribed at {} (session present: {})",
+            "connected to {} ({protocol}, session present: {})",
             self.url, ack.session_present
         );
         // Shown open once the broker accepted the subscriptions (after a refusal: once a
         // reading is stored again).
         let mut shown_open = false;
+        if !subscribing {
+            // A resumed 3.1.1 session that has every filter already: nothing to wait for.
+            backoff.up();
+            if !after_refusal {
+                shown_open = true;
+                ctx.status
+                    .set_source(&self.id, SourceState::Open, opened.clone());
+                tracing::info!(source = %self.id, "resumed the session at site broker {} ({protocol})", self.url);
+            }
+        }
         // Topics whose messages were ignored (logged once each per session).
         let mut ignored = std::collections::HashSet::new();
         let window = u64::from(self.receive_maximum);
@@ -193,7 +237,11 @@ impl MqttSource {
                         shown_open = true;
                         ctx.status
                             .set_source(&self.id, SourceState::Open, opened.clone());
-                        tracing::info!(source = %self.id, "subscribed at site broker {}", self.url);
+                        tracing::info!(source = %self.id, "subscribed at site broker {} ({protocol})", self.url);
+                    }
+                    // Filters removed without a SUBSCRIBE after them: recorded now.
+                    Some(Packet::UnsubAck(_)) if !subscribing => {
+                        self.remember(&memory, &session).await
                     }
                     Some(other) => {
                         tracing::debug!(source = %self.id, "ignoring {other:?} from the site broker")
@@ -370,6 +418,19 @@ impl MqttSource {
             LinkError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 format!("{what}: connection refused; is the broker running and listening there?")
             }
+            LinkError::Refused(ConnectReturnCode::UnsupportedProtocolVersion, _) => {
+                format!("{what}: the broker speaks neither MQTT 5 nor MQTT 3.1.1 ({e})")
+            }
+            LinkError::ClosedAtConnect(v) => {
+                let also = match v {
+                    Version::V311 => " (nor the MQTT 5 one)",
+                    Version::V5 => "",
+                };
+                format!("{what}: {e}{also}; see the broker's log (it may refuse this client or address), and check that {key}.url is an MQTT listener (mqtts:// for a TLS one)")
+            }
+            LinkError::NotMqtt(..) => {
+                format!("{what}: not an MQTT broker? {e}; check the port in {key}.url (mqtts:// for a TLS listener)")
+            }
             LinkError::Refused(
                 code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
                 _,
@@ -392,6 +453,26 @@ impl MqttSource {
             }
             other => format!("{what}: {other}"),
         }
+    }
+}
+
+/// The filters to SUBSCRIBE to now: all of `topics`, except on a resumed MQTT 3.1.1 session,
+/// which keeps the filters it was subscribed to (`remembered`): there only the new ones, since
+/// 3.1.1 sends every retained message again at each SUBSCRIBE. MQTT 5 subscribes again every
+/// time (retain handling 1 keeps retained messages to new subscriptions).
+fn to_subscribe(
+    topics: &[String],
+    remembered: &[String],
+    version: Version,
+    session_present: bool,
+) -> Vec<String> {
+    match version {
+        Version::V311 if session_present => topics
+            .iter()
+            .filter(|t| !remembered.contains(t))
+            .cloned()
+            .collect(),
+        _ => topics.to_vec(),
     }
 }
 
@@ -482,7 +563,38 @@ enum Exit {
 
 #[cfg(test)]
 mod tests {
-    use super::Flow;
+    use super::{to_subscribe, Flow, Version};
+
+    #[test]
+    fn a_resumed_311_session_subscribes_only_to_new_filters() {
+        let topics: Vec<String> = vec!["site/a".into(), "site/b/#".into()];
+        let all = |v, present, remembered: &[String]| to_subscribe(&topics, remembered, v, present);
+        let known: Vec<String> = vec!["site/a".into(), "site/b/#".into(), "site/old".into()];
+        assert!(
+            all(Version::V311, true, &known).is_empty(),
+            "resumed with every filter: no SUBSCRIBE, no retained messages again"
+        );
+        assert_eq!(
+            all(Version::V311, true, &["site/a".into()]),
+            ["site/b/#"],
+            "a filter added to topics"
+        );
+        assert_eq!(
+            all(Version::V311, true, &[]),
+            topics,
+            "nothing remembered: everything"
+        );
+        assert_eq!(
+            all(Version::V311, false, &known),
+            topics,
+            "a new session has no subscriptions"
+        );
+        assert_eq!(
+            all(Version::V5, true, &known),
+            topics,
+            "MQTT 5 subscribes again (retain handling 1)"
+        );
+    }
 
     #[test]
     fn a_message_is_ours_when_its_topic_matches_a_filter_shared_or_not() {
