@@ -72,10 +72,13 @@ pub struct Settings {
     pub client_id: String,
     pub login: Option<(String, String)>,
     pub keep_alive: Duration,
-    /// How long the broker keeps the session while we are away.
+    /// How long the broker keeps the session while we are away (MQTT 5; a 3.1.1 broker keeps
+    /// it as long as its own settings say).
     pub session_expiry: Duration,
+    /// Announced in MQTT 5 only: 3.1.1 has none, the broker's in-flight limit applies.
     pub receive_maximum: u16,
-    /// The largest packet we accept; the broker must not send larger.
+    /// The largest packet we accept; the broker must not send larger (MQTT 5; in 3.1.1 it
+    /// cannot be told, see `V311_MAX_PACKET`).
     pub max_packet: u32,
 }
 
