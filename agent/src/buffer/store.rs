@@ -117,6 +117,12 @@ impl StoreError {
     /// The error as an operator reads it in status: the cause (no space, EIO, read-only) with
     /// the file and what to do; other errors as they are.
     pub fn explain(&self, path: &Path) -> String {
+        self.explain_cause(path)
+            .unwrap_or_else(|| self.to_string())
+    }
+
+    /// The operating system's error code under this one, if it shows.
+    pub fn os_code(&self) -> Option<i32> {
         let mut os = None;
         let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
         while let Some(e) = cur {
@@ -128,35 +134,39 @@ impl StoreError {
         }
         let text = self.to_string();
         // redb does not always expose the io::Error as a source: its text still has the code.
-        let os = os.or_else(|| {
+        os.or_else(|| {
             [28, 5, 30, 122]
                 .into_iter()
                 .find(|n| text.contains(&format!("(os error {n})")))
-        });
+        })
+    }
+
+    /// [`StoreError::explain`] for the causes it knows (no space, quota, EIO, read-only).
+    fn explain_cause(&self, path: &Path) -> Option<String> {
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        match os {
-            Some(28) => format!(
+        Some(match self.os_code()? {
+            28 => format!(
                 "buffer file {}: no space left on device (ENOSPC); free space on that file system (df -h {}) or lower storage.max_bytes; readings wait in memory and are stored once there is room",
                 path.display(),
                 dir.display()
             ),
-            Some(122) => format!(
+            122 => format!(
                 "buffer file {}: disk quota exceeded (EDQUOT); raise the service user's quota or free space; readings wait in memory and are stored once there is room",
                 path.display()
             ),
-            Some(5) => format!(
+            5 => format!(
                 "buffer file {}: I/O error (EIO); the disk may be failing: check the kernel log (journalctl -k) and the disk; readings wait in memory and writing is retried",
                 path.display()
             ),
-            Some(30) => format!(
+            30 => format!(
                 "buffer file {}: the file system is read-only (EROFS); remount it read-write (after a disk error check the kernel log first); readings wait in memory",
                 path.display()
             ),
-            _ => text,
-        }
+            _ => return None,
+        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! The single writer: group commit of readings and upstream acknowledgements.
 
 use std::sync::Arc;
+#[cfg(test)]
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use edge_protocol::{Body, Envelope, Role};
@@ -400,7 +402,10 @@ impl Writer {
                 }
                 Err(e) => {
                     let why = e.explain(self.store.path());
-                    if self.status.storage_error().as_deref() != Some(why.as_str()) {
+                    // After the first failure redb says only "previous I/O error" until the
+                    // file is reopened: that must not replace the cause an operator needs.
+                    let news = !failing || e.os_code().is_some();
+                    if news && self.status.storage_error().as_deref() != Some(why.as_str()) {
                         tracing::error!(
                             "{why} ({} readings of this commit are held in memory and retried)",
                             rows.len()
@@ -563,5 +568,125 @@ impl Writer {
             Ok(n) => tracing::debug!("pruned {n} delivered events past retain_delivered"),
             Err(e) => tracing::warn!("pruning delivered events: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redb::backends::InMemoryBackend;
+    use redb::{Database, StorageBackend};
+
+    use super::*;
+
+    /// An in-memory disk whose writes fail while `full` is set.
+    #[derive(Debug)]
+    struct Disk {
+        inner: InMemoryBackend,
+        full: Arc<AtomicBool>,
+    }
+
+    impl Disk {
+        fn check(&self) -> Result<(), std::io::Error> {
+            if self.full.load(Ordering::Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(28));
+            }
+            Ok(())
+        }
+    }
+
+    impl StorageBackend for Disk {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    fn reading(raw: Vec<u8>) -> Reading {
+        Reading {
+            source: "scanner".into(),
+            station: None,
+            role: None,
+            observed_ms: now_ms(),
+            body: Body::exception(
+                edge_protocol::event::ExceptionReason::Undecodable,
+                "large",
+            ),
+            raw,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_commits_fail_queued_readings_are_bounded_in_bytes_not_count() {
+        let full = Arc::new(AtomicBool::new(false));
+        let disk = Disk {
+            inner: InMemoryBackend::new(),
+            full: full.clone(),
+        };
+        let db = Database::builder()
+            .create_with_backend(disk)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            Store::from_database(db, Path::new("mem.redb")).unwrap_or_else(|e| panic!("{e}"));
+        full.store(true, Ordering::Relaxed);
+        let status = Arc::new(StatusBoard::default());
+        let cancel = CancellationToken::new();
+        // A failed assertion must stop the writer's retrying too, or the runtime waits for it.
+        let _stop = cancel.clone().drop_guard();
+        let (writer, join) = spawn_writer(
+            store,
+            "site".into(),
+            Duration::from_secs(60),
+            Capacity::unlimited(),
+            status.clone(),
+            cancel.clone(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // 1 MiB readings (the largest max_frame) while the disk is full: before the budget,
+        // 16,384 of them could queue (16 GiB).
+        let mut queued = 0;
+        for _ in 0..64 {
+            match tokio::time::timeout(
+                Duration::from_millis(500),
+                writer.append(reading(vec![7; 1 << 20])),
+            )
+            .await
+            {
+                Ok(Ok(())) => queued += 1,
+                _ => break,
+            }
+        }
+        // Far below the 64 tried (all of which a count bound would take), and within the budget.
+        let bound = (QUEUE_BYTES / (1 << 20) + 1).min(16);
+        assert!(
+            (1..=bound).contains(&queued),
+            "{queued} readings of 1 MiB queued (at most {bound})"
+        );
+        assert!(
+            status
+                .storage_error()
+                .is_some_and(|e| e.contains("no space left")),
+            "{:?}",
+            status.storage_error()
+        );
+        assert!(writer.retrying_not_stuck(Duration::from_secs(5)));
+        cancel.cancel();
+        drop(writer);
+        let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
     }
 }
