@@ -1,4 +1,4 @@
-//! The configuration file (CONTRACT section 2): types, loading and validation.
+//! The configuration file (docs/configuration.md): types, loading and validation.
 //!
 //! Loading layers the TOML file and `EDGE_AGENT__SECTION__KEY` environment variables (the
 //! `config` crate), then reads each section and each source on its own so that one bad key does
@@ -167,7 +167,7 @@ pub struct Station {
     pub role: Role,
 }
 
-/// Device formats (CONTRACT section 6).
+/// Device formats (docs/configuration.md, decoders).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum DecoderName {
     #[serde(rename = "barcode")]
