@@ -1,5 +1,5 @@
-//! Barcode scanner lines (docs/configuration.md, decoders, decoder `barcode`) and their canonical bodies
-//! (section 5).
+//! Barcode scanner lines (docs/configuration.md, decoder `barcode`) and their canonical bodies
+//! (docs/events.md).
 //!
 //! A line may start with an AIM symbology identifier (ISO/IEC 15424): "]", the symbology
 //! character and a modifier. It decides how the data is read:
@@ -20,6 +20,7 @@
 //! bracketed form or GS-separated string that fails to parse is `Invalid`, anything else is a
 //! plain code.
 
+use crate::decoder::{self, Context, Decoder, Framing, TextFramer};
 use crate::event::{Body, ExceptionReason, InventoryScan, Role, ShipmentScan};
 use crate::gs1::{self, Elements, Gs1Error, GS};
 
@@ -426,6 +427,51 @@ fn upc_e_to_upc_a(e: &[u8]) -> Option<String> {
     out.extend(body.iter().map(|&b| char::from(b)));
     out.push(char::from(check));
     Some(out)
+}
+
+/// The `barcode` decoder: one code per frame (a line, or an STX/ETX telegram on a serial port).
+#[derive(Debug)]
+pub struct BarcodeDecoder {
+    framer: TextFramer,
+    no_read: String,
+    max_frame: usize,
+}
+
+impl BarcodeDecoder {
+    /// `no_read`: the scanner's no-read text.
+    pub fn new(framing: Framing, no_read: &str, max_frame: usize) -> BarcodeDecoder {
+        BarcodeDecoder {
+            framer: TextFramer::new(framing, max_frame),
+            no_read: no_read.to_owned(),
+            max_frame,
+        }
+    }
+}
+
+impl Decoder for BarcodeDecoder {
+    fn push(&mut self, bytes: &[u8], cx: Context, out: &mut Vec<decoder::Decoded>) {
+        self.framer.push(bytes);
+        let no_read = &self.no_read;
+        self.framer.drain(self.max_frame, |frame| {
+            out.push(match frame {
+                Ok(line) => decoder::Decoded {
+                    body: to_body(decode(&line, no_read), cx.role, cx.year()),
+                    raw: line,
+                },
+                Err(exception) => exception,
+            })
+        });
+    }
+
+    fn message(&mut self, payload: &[u8], cx: Context, out: &mut Vec<decoder::Decoded>) {
+        out.push(match decoder::message_bytes(payload, self.max_frame) {
+            Ok(line) => decoder::Decoded {
+                body: to_body(decode(line, &self.no_read), cx.role, cx.year()),
+                raw: payload.to_vec(),
+            },
+            Err(exception) => exception,
+        });
+    }
 }
 
 #[cfg(test)]

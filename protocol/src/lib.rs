@@ -7,10 +7,10 @@
 pub mod barcode;
 pub mod correlate;
 pub mod decimal;
+pub mod decoder;
 pub mod event;
 pub mod framing;
 pub mod gs1;
-pub mod normalize;
 pub mod rules;
 pub mod scale;
 

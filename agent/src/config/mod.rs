@@ -4,6 +4,7 @@
 //! `config` crate), then reads each section and each source on its own so that one bad key does
 //! not hide the others: every problem is collected and reported at once, each naming its key.
 
+mod decoders;
 mod read;
 mod units;
 
@@ -19,6 +20,7 @@ use serde_json::{Map, Value};
 
 use read::Collector;
 
+pub use decoders::DecoderConfig;
 pub use units::{ByteSize, Span};
 
 /// The whole agent configuration.
@@ -167,44 +169,6 @@ pub struct Station {
     pub role: Role,
 }
 
-/// Device formats (docs/configuration.md, decoders).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum DecoderName {
-    #[serde(rename = "barcode")]
-    Barcode,
-    #[serde(rename = "scale.mt_sics")]
-    ScaleMtSics,
-    #[serde(rename = "scale.toledo")]
-    ScaleToledo,
-    #[serde(rename = "scale.ascii")]
-    ScaleAscii,
-    #[serde(rename = "json")]
-    Json,
-    #[serde(rename = "delimited")]
-    Delimited,
-}
-
-impl DecoderName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DecoderName::Barcode => "barcode",
-            DecoderName::ScaleMtSics => "scale.mt_sics",
-            DecoderName::ScaleToledo => "scale.toledo",
-            DecoderName::ScaleAscii => "scale.ascii",
-            DecoderName::Json => "json",
-            DecoderName::Delimited => "delimited",
-        }
-    }
-
-    /// Decoders this build implements.
-    fn is_scale(self) -> bool {
-        matches!(
-            self,
-            DecoderName::ScaleMtSics | DecoderName::ScaleToledo | DecoderName::ScaleAscii
-        )
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Parity {
@@ -221,7 +185,8 @@ pub enum FlowControl {
     Hardware,
 }
 
-/// `[[sources.serial]]`: a device on a serial port.
+/// `[[sources.serial]]`: a device on a serial port. The keys of its table that are not these
+/// are its decoder's (`decoder` and that decoder's settings, read by `decoders::read`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SerialSource {
@@ -240,42 +205,14 @@ pub struct SerialSource {
     /// The station this device belongs to.
     #[serde(default)]
     pub station: Option<String>,
-    pub decoder: DecoderName,
-    #[serde(default = "defaults::no_read")]
-    pub no_read: String,
-    #[serde(default = "defaults::max_frame")]
-    pub max_frame: usize,
-    /// `delimited` (and `json`, `barcode` on serial): "line" (default), "stx_etx" or
-    /// "stx_etx_lrc".
-    #[serde(default)]
-    pub framing: Framing,
-    /// `delimited`: the column separator.
-    #[serde(default = "defaults::separator")]
-    pub separator: String,
-    /// `json` and `delimited`: mapping rules, first match wins.
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-    /// `scale.mt_sics`: ask with `SI` this often; unset: ask once for a stream (`SIR`).
-    #[serde(default)]
-    pub poll_interval: Option<Span>,
-    /// Scales: how long the stability flag must hold one weight.
-    #[serde(default = "defaults::settle")]
-    pub settle: Span,
-    /// Scales: weights below this are an empty scale (kg, decimal text).
-    #[serde(default = "defaults::min_kg")]
-    pub min_kg: String,
-    /// Scales: an item that never settles in this time gives an `unstable_weight` exception.
-    #[serde(default = "defaults::settle_timeout")]
-    pub settle_timeout: Span,
-    /// Scales: a weight carries the SSCC last scanned at the same station within this time.
-    #[serde(default = "defaults::correlation_window")]
-    pub correlation_window: Span,
-    /// `scale.toledo`: "auto" (default), "always" or "never" a checksum byte after CR.
-    #[serde(default)]
-    pub checksum: ToledoChecksum,
+    /// `decoder = "NAME"` and that decoder's keys, read from the same table by
+    /// `decoders::read` (the loader sets it).
+    #[serde(skip)]
+    pub decoder: DecoderConfig,
 }
 
-/// `[[sources.mqtt]]`: devices that publish to the site's own broker.
+/// `[[sources.mqtt]]`: devices that publish to the site's own broker. As for serial sources,
+/// the keys of its table that are not these are its decoder's.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSource {
@@ -286,11 +223,6 @@ pub struct MqttSource {
     pub topics: Vec<String>,
     #[serde(default)]
     pub station: Option<String>,
-    pub decoder: DecoderName,
-    #[serde(default = "defaults::no_read")]
-    pub no_read: String,
-    #[serde(default = "defaults::max_frame")]
-    pub max_frame: usize,
     /// MQTT client id, stable so the broker keeps the session; default `edge-agent-{site.id}-{id}`.
     #[serde(default)]
     pub client_id: Option<String>,
@@ -315,58 +247,14 @@ pub struct MqttSource {
     /// needs `username`; mode 0600.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
-    /// `delimited` (and `json`, `barcode` on serial): "line" (default), "stx_etx" or
-    /// "stx_etx_lrc".
-    #[serde(default)]
-    pub framing: Framing,
-    /// `delimited`: the column separator.
-    #[serde(default = "defaults::separator")]
-    pub separator: String,
-    /// `json` and `delimited`: mapping rules, first match wins.
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-    /// `scale.mt_sics`: ask with `SI` this often; unset: ask once for a stream (`SIR`).
-    #[serde(default)]
-    pub poll_interval: Option<Span>,
-    /// Scales: how long the stability flag must hold one weight.
-    #[serde(default = "defaults::settle")]
-    pub settle: Span,
-    /// Scales: weights below this are an empty scale (kg, decimal text).
-    #[serde(default = "defaults::min_kg")]
-    pub min_kg: String,
-    /// Scales: an item that never settles in this time gives an `unstable_weight` exception.
-    #[serde(default = "defaults::settle_timeout")]
-    pub settle_timeout: Span,
-    /// Scales: a weight carries the SSCC last scanned at the same station within this time.
-    #[serde(default = "defaults::correlation_window")]
-    pub correlation_window: Span,
-    /// `scale.toledo`: "auto" (default), "always" or "never" a checksum byte after CR.
-    #[serde(default)]
-    pub checksum: ToledoChecksum,
-}
-
-/// How a serial byte stream is cut into frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Framing {
-    #[default]
-    Line,
-    StxEtx,
-    StxEtxLrc,
-}
-
-/// Whether Toledo frames carry a checksum byte after CR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ToledoChecksum {
-    #[default]
-    Auto,
-    Always,
-    Never,
+    /// `decoder = "NAME"` and that decoder's keys, read from the same table by
+    /// `decoders::read` (the loader sets it).
+    #[serde(skip)]
+    pub decoder: DecoderConfig,
 }
 
 /// `[[sources.*.rules]]`: maps a JSON message or a delimited telegram to a canonical event.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Field = value, all must match: a JSON pointer ("/type") or a column index ("0").
@@ -404,49 +292,6 @@ impl RuleConfig {
         )
     }
 }
-
-/// A source's decoding settings, whichever kind of source it is.
-#[derive(Debug, Clone)]
-pub struct Decoding {
-    pub decoder: DecoderName,
-    pub no_read: String,
-    pub max_frame: usize,
-    pub framing: Framing,
-    pub separator: String,
-    pub rules: Vec<RuleConfig>,
-    pub poll_interval: Option<Span>,
-    pub settle: Span,
-    pub min_kg: String,
-    pub settle_timeout: Span,
-    pub correlation_window: Span,
-    pub checksum: ToledoChecksum,
-}
-
-macro_rules! decoding_of {
-    ($t:ty) => {
-        impl $t {
-            /// This source's decoding settings.
-            pub fn decoding(&self) -> Decoding {
-                Decoding {
-                    decoder: self.decoder,
-                    no_read: self.no_read.clone(),
-                    max_frame: self.max_frame,
-                    framing: self.framing,
-                    separator: self.separator.clone(),
-                    rules: self.rules.clone(),
-                    poll_interval: self.poll_interval,
-                    settle: self.settle,
-                    min_kg: self.min_kg.clone(),
-                    settle_timeout: self.settle_timeout,
-                    correlation_window: self.correlation_window,
-                    checksum: self.checksum,
-                }
-            }
-        }
-    };
-}
-decoding_of!(SerialSource);
-decoding_of!(MqttSource);
 
 /// How to reach one broker (`[upstream]` or a `[[sources.mqtt]]`): its URL and the TLS and
 /// credential keys, with the key that names them in messages. Holds paths, never secrets.
@@ -569,29 +414,8 @@ mod defaults {
     pub fn keep_alive() -> Span {
         Span(Duration::from_secs(30))
     }
-    pub fn separator() -> String {
-        "|".into()
-    }
-    pub fn settle() -> Span {
-        Span(Duration::from_millis(300))
-    }
-    pub fn min_kg() -> String {
-        "0.05".into()
-    }
-    pub fn settle_timeout() -> Span {
-        Span(Duration::from_secs(10))
-    }
-    pub fn correlation_window() -> Span {
-        Span(Duration::from_secs(10))
-    }
     pub fn receive_maximum() -> u16 {
         20
-    }
-    pub fn no_read() -> String {
-        "NOREAD".into()
-    }
-    pub fn max_frame() -> usize {
-        4096
     }
     pub fn data_bits() -> u8 {
         8
@@ -747,8 +571,8 @@ pub fn from_value(doc: Value) -> Result<Config, Problems> {
     if let Some(v) = take("sources") {
         match v {
             Value::Object(mut m) => {
-                serial = read_list(&mut c, "sources.serial", m.remove("serial"));
-                mqtt = read_list(&mut c, "sources.mqtt", m.remove("mqtt"));
+                serial = read_sources(&mut c, "sources.serial", m.remove("serial"));
+                mqtt = read_sources(&mut c, "sources.mqtt", m.remove("mqtt"));
                 for k in m.keys() {
                     c.push(
                         format!("sources.{k}"),
@@ -879,6 +703,79 @@ fn read_list<T: DeserializeOwned>(
             for (i, v) in items.into_iter().enumerate() {
                 if let Some(item) = c.read(&format!("{key}[{i}]"), v, &table) {
                     list.items.push(item);
+                    list.at.push(i);
+                }
+            }
+        }
+        Some(_) => c.push(key, format!("must be an array of tables: [[{key}]]")),
+    }
+    list
+}
+
+/// A source's own keys (the rest of its table is its decoder's).
+trait Source: DeserializeOwned {
+    const OWN_KEYS: &'static [&'static str];
+    fn set_decoder(&mut self, d: DecoderConfig);
+}
+
+impl Source for SerialSource {
+    const OWN_KEYS: &'static [&'static str] = &[
+        "id",
+        "path",
+        "baud",
+        "data_bits",
+        "parity",
+        "stop_bits",
+        "flow_control",
+        "station",
+    ];
+    fn set_decoder(&mut self, d: DecoderConfig) {
+        self.decoder = d;
+    }
+}
+
+impl Source for MqttSource {
+    const OWN_KEYS: &'static [&'static str] = &[
+        "id",
+        "url",
+        "topics",
+        "station",
+        "client_id",
+        "receive_maximum",
+        "ca_file",
+        "cert_file",
+        "key_file",
+        "username",
+        "password_file",
+    ];
+    fn set_decoder(&mut self, d: DecoderConfig) {
+        self.decoder = d;
+    }
+}
+
+/// `[[sources.serial]]` or `[[sources.mqtt]]`: each entry's own keys read as the source, the
+/// others as its decoder, every problem of both recorded.
+fn read_sources<T: Source>(c: &mut Collector, key: &str, value: Option<Value>) -> Entries<T> {
+    let mut list = Entries::default();
+    match value {
+        None => {}
+        Some(Value::Array(items)) => {
+            let table = format!("[[{key}]]");
+            for (i, v) in items.into_iter().enumerate() {
+                let entry = format!("{key}[{i}]");
+                let Value::Object(all) = v else {
+                    // Reported as "not a table" by the reader.
+                    let _ = c.read::<T>(&entry, v, &table);
+                    continue;
+                };
+                let (own, rest): (Map<String, Value>, Map<String, Value>) = all
+                    .into_iter()
+                    .partition(|(k, _)| T::OWN_KEYS.contains(&k.as_str()));
+                let source = c.read::<T>(&entry, Value::Object(own), &table);
+                let decoder = decoders::read(c, &entry, rest, T::OWN_KEYS);
+                if let Some(mut source) = source {
+                    source.set_decoder(decoder.unwrap_or_default());
+                    list.items.push(source);
                     list.at.push(i);
                 }
             }
@@ -1115,7 +1012,7 @@ fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut Collector) 
                             key: &str,
                             id: &str,
                             station: &Option<String>,
-                            d: &Decoding,
+                            d: &DecoderConfig,
                             serial: bool| {
         if !valid_name(id) {
             c.push(
@@ -1137,12 +1034,14 @@ fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut Collector) 
                 );
             }
         }
-        check_decoding(c, key, d, serial);
+        if !c.is_poisoned(&format!("{key}.decoder")) {
+            d.check(c, key, serial);
+        }
     };
 
     for (i, s) in cfg.sources.serial.iter().enumerate() {
         let key = format!("sources.serial[{}]", Positions::of(&at.serial, i));
-        check_common(c, &key, &s.id, &s.station, &s.decoding(), true);
+        check_common(c, &key, &s.id, &s.station, &s.decoder, true);
         if !STANDARD_BAUD.contains(&s.baud) {
             c.push(
                 format!("{key}.baud"),
@@ -1175,7 +1074,7 @@ fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut Collector) 
     for (i, s) in cfg.sources.mqtt.iter().enumerate() {
         let i = Positions::of(&at.mqtt, i);
         let key = format!("sources.mqtt[{i}]");
-        check_common(c, &key, &s.id, &s.station, &s.decoding(), false);
+        check_common(c, &key, &s.id, &s.station, &s.decoder, false);
         let id = s.effective_client_id(&cfg.site.id);
         if let Some(j) = client_ids.insert((s.url.clone(), id.clone()), i) {
             c.push(
@@ -1208,115 +1107,6 @@ fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut Collector) 
                 format!("control.trusted_keys[{i}]"),
                 "must be \"ed25519:BASE64\" as written by `edge-agent config keygen`",
             );
-        }
-    }
-}
-
-/// The decoder settings of one source: every problem, named by key.
-fn check_decoding(c: &mut Collector, key: &str, d: &Decoding, serial: bool) {
-    if !(16..=1 << 20).contains(&d.max_frame) {
-        c.push(
-            format!("{key}.max_frame"),
-            format!("{} must be from 16 to 1048576 bytes", d.max_frame),
-        );
-    }
-    if c.is_poisoned(&format!("{key}.decoder")) {
-        // The decoder did not read (reported already): what depends on it cannot be judged,
-        // but each rule can still be read on its own.
-        for (j, r) in d.rules.iter().enumerate() {
-            if let Err(problems) = r.build() {
-                push_rule_problems(c, &format!("{key}.rules[{j}]"), problems);
-            }
-        }
-        return;
-    }
-    if d.decoder.is_scale() && !serial {
-        c.push(
-            format!("{key}.decoder"),
-            format!(
-                "{:?} reads a scale on a serial port; use it in [[sources.serial]]",
-                d.decoder.as_str()
-            ),
-        );
-    }
-    if d.framing != Framing::Line
-        && !(serial
-            && matches!(
-                d.decoder,
-                DecoderName::Delimited | DecoderName::Json | DecoderName::Barcode
-            ))
-    {
-        c.push(
-            format!("{key}.framing"),
-            "only serial barcode, json and delimited sources take stx_etx framing; remove it",
-        );
-    }
-    let records = match d.decoder {
-        DecoderName::Json => Some(edge_protocol::rules::RecordKind::Json),
-        DecoderName::Delimited => Some(edge_protocol::rules::RecordKind::Delimited),
-        _ => None,
-    };
-    match records {
-        Some(_) if d.rules.is_empty() => c.push(
-            format!("{key}.rules"),
-            format!(
-                "the {} decoder needs at least one [[...rules]] entry mapping messages to events",
-                d.decoder.as_str()
-            ),
-        ),
-        Some(kind) => {
-            for (j, r) in d.rules.iter().enumerate() {
-                match r.build() {
-                    Ok(rule) => {
-                        for p in edge_protocol::rules::check_rule_for(&rule, kind) {
-                            c.push(format!("{key}.rules[{j}]"), p);
-                        }
-                    }
-                    Err(problems) => push_rule_problems(c, &format!("{key}.rules[{j}]"), problems),
-                }
-            }
-        }
-        None if !d.rules.is_empty() => c.push(
-            format!("{key}.rules"),
-            format!(
-                "the {} decoder takes no rules; remove them",
-                d.decoder.as_str()
-            ),
-        ),
-        None => {}
-    }
-    if d.decoder == DecoderName::Delimited && d.separator.is_empty() {
-        c.push(
-            format!("{key}.separator"),
-            "must not be empty, e.g. \"|\" or \";\"",
-        );
-    }
-    if d.decoder.is_scale() {
-        match edge_protocol::decimal::Decimal::parse(&d.min_kg) {
-            Ok(v) if !v.is_negative() => {}
-            _ => c.push(
-                format!("{key}.min_kg"),
-                format!("{:?} is not a weight in kg; write e.g. \"0.05\"", d.min_kg),
-            ),
-        }
-        let timings_read = !c.is_poisoned(&format!("{key}.settle"))
-            && !c.is_poisoned(&format!("{key}.settle_timeout"));
-        if timings_read && d.settle.0 > d.settle_timeout.0 {
-            c.push(
-                format!("{key}.settle"),
-                format!(
-                    "{} is longer than settle_timeout {}: nothing could settle",
-                    d.settle, d.settle_timeout
-                ),
-            );
-        }
-        if let Some(p) = d.poll_interval {
-            if p.0 < Duration::from_millis(20) {
-                c.push(
-                    format!("{key}.poll_interval"),
-                    format!("{p} is too fast; use at least 20ms"),
-                );
-            }
         }
     }
 }

@@ -301,11 +301,15 @@ fn expected_names(msg: &str) -> Vec<&str> {
 
 /// The message for a key no table of this kind has, with the keys it does have.
 fn unknown_key(field: &str, msg: &str) -> String {
-    let known = expected_names(msg);
+    unknown_key_among(field, &expected_names(msg))
+}
+
+/// The message for an unknown key `field` of a table whose keys are `known`.
+pub(super) fn unknown_key_among(field: &str, known: &[&str]) -> String {
     if known.is_empty() {
         return format!("unknown key `{field}`; this table takes no keys");
     }
-    let hint = closest(field, &known)
+    let hint = closest(field, known)
         .map(|k| format!("did you mean `{k}`? "))
         .unwrap_or_default();
     format!(
@@ -315,7 +319,7 @@ fn unknown_key(field: &str, msg: &str) -> String {
 }
 
 /// A known name `word` is probably a misspelling of.
-fn closest<'a>(word: &str, names: &[&'a str]) -> Option<&'a str> {
+pub(super) fn closest<'a>(word: &str, names: &[&'a str]) -> Option<&'a str> {
     let word = word.to_ascii_lowercase();
     names
         .iter()
@@ -344,7 +348,7 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 /// A value as it would be written in the file, for messages.
-fn shown(v: &Value) -> String {
+pub(super) fn shown(v: &Value) -> String {
     match v {
         Value::Array(_) => "a list".into(),
         Value::Object(_) => "a table".into(),

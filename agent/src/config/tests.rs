@@ -163,7 +163,11 @@ fn keys_keep_their_case_in_values_and_tables() {
     )
     .unwrap_or_else(|p| panic!("{p}"));
     assert_eq!(cfg.sources.serial[0].id, "Scanner-A");
-    assert_eq!(cfg.sources.serial[0].no_read, "NoRead");
+    assert!(
+        matches!(&cfg.sources.serial[0].decoder, crate::config::DecoderConfig::Barcode(b) if b.no_read == "NoRead"),
+        "{:?}",
+        cfg.sources.serial[0].decoder
+    );
 }
 
 #[test]
@@ -482,6 +486,45 @@ decoder = \"barcode\"
 }
 
 #[test]
+fn a_key_of_another_decoder_is_refused_naming_the_keys_of_the_chosen_one() {
+    let text = format!(
+        "{MINIMAL}{STATION}
+[[sources.serial]]
+id = \"scanner-1\"
+path = \"/dev/ttyUSB0\"
+baud = 9600
+decoder = \"barcode\"
+poll_interval = \"200ms\"
+[[sources.serial]]
+id = \"scale-1\"
+path = \"/dev/ttyUSB1\"
+baud = 9600
+decoder = \"scale.toledo\"
+no_read = \"NR\"
+poll_interval = \"200ms\"
+[[sources.mqtt]]
+id = \"sorter\"
+url = \"mqtt://127.0.0.1:1883\"
+topics = [\"a\"]
+decoder = \"json\"
+separator = \";\"
+[[sources.mqtt.rules]]
+kind = \"shipment.sort\"
+fields = {{ result = \"/r\" }}
+"
+    );
+    assert_problems(
+        &text,
+        &[
+            "sources.serial[0].poll_interval: unknown key `poll_interval`; the source's keys are id, path,",
+            "sources.serial[1].no_read: unknown key `no_read`; the source's keys are",
+            "sources.serial[1].poll_interval: unknown key `poll_interval`; the source's keys are",
+            "sources.mqtt[0].separator: unknown key `separator`; the source's keys are",
+        ],
+    );
+}
+
+#[test]
 fn every_unknown_key_of_an_entry_is_reported_with_the_known_keys() {
     let text = format!(
         "{MINIMAL}{STATION}
@@ -497,15 +540,16 @@ decoder = \"barcode\"
     let got = assert_problems(
         &text,
         &[
-            "sources.serial[0].bauds: unknown key `bauds`; did you mean `baud`? known keys are id, path, baud,",
-            "sources.serial[0].colour: unknown key `colour`; known keys are id, path, baud,",
+            "sources.serial[0].bauds: unknown key `bauds`; did you mean `baud`? the source's keys are id, path, baud,",
+            "sources.serial[0].colour: unknown key `colour`; the source's keys are id, path, baud,",
             "sources.serial[0].baud: 12345 is not a standard rate",
         ],
     );
     assert!(
-        got.iter()
-            .all(|g| !g.contains("unknown key") || g.contains("correlation_window")),
-        "the known keys are listed in full: {got:?}"
+        got.iter().all(|g| !g.contains("unknown key")
+            || (g.contains("flow_control, station;")
+                && g.ends_with("decoder \"barcode\" takes no_read, max_frame, framing"))),
+        "the known keys are listed in full, the source's and the decoder's: {got:?}"
     );
 }
 
@@ -553,7 +597,7 @@ path = \"/dev/ttyUSB0\"
 baud = \"fast\"
 data_bits = 300
 station = 7
-decoder = \"barcode\"
+decoder = \"scale.ascii\"
 max_frame = 2
 settle = 5
 [[sources.mqtt]]

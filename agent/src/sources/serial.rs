@@ -4,19 +4,15 @@
 use std::io;
 use std::time::Duration;
 
-use edge_protocol::scale::mt_sics;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
 use super::SourceContext;
 use crate::backoff::Backoff;
-use crate::buffer::WriterClosed;
-use crate::config::{DecoderName, FlowControl, Parity, SerialSource};
+use crate::buffer::{Reading, WriterClosed};
+use crate::config::{FlowControl, Parity, SerialSource};
 use crate::normalize::Normalizer;
 use crate::status::SourceState;
-
-/// How often a scale source lets its settle rule see time pass.
-const TICK: Duration = Duration::from_millis(100);
 
 impl SerialSource {
     /// The running source: reads until shutdown.
@@ -25,7 +21,7 @@ impl SerialSource {
             &ctx.config,
             &self.id,
             self.station.as_deref(),
-            self.decoding(),
+            &self.decoder,
             ctx.correlator.clone(),
         );
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -115,17 +111,17 @@ impl SerialSource {
         norm: &mut Normalizer,
         ctx: &SourceContext,
     ) -> Option<String> {
-        let mut framer = norm.framer();
         let mut buf = vec![0u8; 4096];
-        // Scales: the settle rule's timeout, and a Toledo frame held for its checksum byte.
-        let mut tick = tokio::time::interval(TICK);
-        // MT-SICS answers only when asked: a stream once, or a poll every poll_interval.
-        let mut poll = self
-            .poll_interval
-            .filter(|_| self.decoder == DecoderName::ScaleMtSics)
-            .map(|p| tokio::time::interval(p.0));
-        if self.decoder == DecoderName::ScaleMtSics && poll.is_none() {
-            if let Err(e) = port.write_all(mt_sics::STREAM).await {
+        // What waits on time in the decoder (a weight that does not settle, a frame held for
+        // its checksum byte); a decoder that needs no ticks gets none.
+        let mut tick = norm.tick_interval().map(tokio::time::interval);
+        // What the device must be asked: once at open (a stream), or a poll every interval.
+        let requests = norm.requests();
+        let mut poll = requests
+            .poll
+            .map(|(ms, req)| (tokio::time::interval(Duration::from_millis(ms)), req));
+        if let Some(req) = requests.on_open {
+            if let Err(e) = port.write_all(req).await {
                 return Some(self.write_failed(&e));
             }
         }
@@ -134,27 +130,16 @@ impl SerialSource {
                 // Cancel-safe: AsyncRead::read either completes with data or reads nothing.
                 r = port.read(&mut buf) => r,
                 // Cancel-safe: interval ticks are not lost.
-                _ = tick.tick(), if norm.needs_ticks() => {
-                    framer.flush();
-                    let mut out: Vec<_> = Vec::new();
-                    while let Some(f) = framer.next_frame() {
-                        out.push(f);
-                    }
-                    for f in out {
-                        if self.deliver(norm, ctx, f).await.is_err() {
-                            return None;
-                        }
-                    }
-                    if let Some(reading) = norm.tick() {
-                        if ctx.writer.append(reading).await.is_err() {
-                            return None;
-                        }
+                _ = next_tick(&mut tick) => {
+                    let readings = norm.tick();
+                    if self.deliver(ctx, readings).await.is_err() {
+                        return None;
                     }
                     continue;
                 }
                 // Cancel-safe: interval ticks are not lost.
-                _ = next_poll(&mut poll) => {
-                    if let Err(e) = port.write_all(mt_sics::POLL).await {
+                req = next_poll(&mut poll) => {
+                    if let Err(e) = port.write_all(req).await {
                         return Some(self.write_failed(&e));
                     }
                     continue;
@@ -170,11 +155,9 @@ impl SerialSource {
                     ))
                 }
                 Ok(n) => {
-                    framer.push(&buf[..n]);
-                    while let Some(frame) = framer.next_frame() {
-                        if self.deliver(norm, ctx, frame).await.is_err() {
-                            return None;
-                        }
+                    let readings = norm.push(&buf[..n]);
+                    if self.deliver(ctx, readings).await.is_err() {
+                        return None;
                     }
                 }
                 Err(e) => {
@@ -188,22 +171,17 @@ impl SerialSource {
         }
     }
 
-    /// Decodes one frame and queues what it yields.
+    /// Queues what the decoder made of the bytes.
     async fn deliver(
         &self,
-        norm: &mut Normalizer,
         ctx: &SourceContext,
-        frame: crate::normalize::framer::FrameResult,
+        readings: Vec<Reading>,
     ) -> Result<(), WriterClosed> {
-        let reading = match frame {
-            Ok(f) => norm.frame(f),
-            Err((raw, detail)) => Some(norm.damaged(raw, detail)),
-        };
-        let Some(reading) = reading else {
-            return Ok(());
-        };
-        ctx.status.source_reading(&self.id, reading.observed_ms);
-        ctx.writer.append(reading).await
+        for reading in readings {
+            ctx.status.source_reading(&self.id, reading.observed_ms);
+            ctx.writer.append(reading).await?;
+        }
+        Ok(())
     }
 
     fn write_failed(&self, e: &io::Error) -> String {
@@ -215,11 +193,22 @@ impl SerialSource {
     }
 }
 
-/// The next MT-SICS poll, or never when the scale streams.
-async fn next_poll(poll: &mut Option<tokio::time::Interval>) {
+/// The next poll request, or never when the device streams by itself.
+async fn next_poll(poll: &mut Option<(tokio::time::Interval, &'static [u8])>) -> &'static [u8] {
     match poll {
-        Some(p) => {
+        Some((p, req)) => {
             p.tick().await;
+            req
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The next tick, or never for a decoder that needs none.
+async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
+    match tick {
+        Some(t) => {
+            t.tick().await;
         }
         None => std::future::pending().await,
     }

@@ -38,7 +38,10 @@ use crate::event::{
 };
 use crate::gs1;
 
+mod decoder;
 mod json;
+
+pub use decoder::{Records, RulesDecoder};
 
 /// Where a value is in a record.
 #[derive(Debug, Clone, PartialEq, Eq)]

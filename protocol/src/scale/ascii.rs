@@ -97,6 +97,21 @@ fn mode_of(mode: &[u8], line: &[u8]) -> Result<Mode, ScaleError> {
     }
 }
 
+/// The `scale.ascii` decoder: one indicator string per line, streamed by the indicator.
+pub fn decoder(
+    settle: super::settle::SettleConfig,
+    max_frame: usize,
+) -> super::decoder::ScaleDecoder {
+    super::decoder::ScaleDecoder::new(
+        DECODER,
+        super::decoder::ScaleFramer::Line(crate::framing::LineFramer::new(max_frame)),
+        parse,
+        settle,
+        max_frame,
+        crate::decoder::Requests::default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! Scales (docs/configuration.md, decoders, decoders `scale.mt_sics`, `scale.toledo`, `scale.ascii`): each
+//! Scales (docs/configuration.md, decoders `scale.mt_sics`, `scale.toledo`, `scale.ascii`): each
 //! decoder turns one frame into a [`ScaleReading`]; [`settle::Settler`] turns the stream of
 //! readings into at most one `shipment.weight` per item.
 //!
@@ -6,6 +6,7 @@
 //! adds the value in kg converted by exact factors ([`crate::decimal`]).
 
 pub mod ascii;
+pub mod decoder;
 pub mod mt_sics;
 pub mod settle;
 pub mod toledo;

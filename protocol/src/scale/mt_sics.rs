@@ -95,6 +95,33 @@ fn split_token(s: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// The `scale.mt_sics` decoder: lines, asked for with `SI` every `poll_ms`, or once with `SIR`
+/// for a stream when `poll_ms` is `None`.
+pub fn decoder(
+    settle: super::settle::SettleConfig,
+    max_frame: usize,
+    poll_ms: Option<u64>,
+) -> super::decoder::ScaleDecoder {
+    let requests = match poll_ms {
+        Some(ms) => crate::decoder::Requests {
+            on_open: None,
+            poll: Some((ms, POLL)),
+        },
+        None => crate::decoder::Requests {
+            on_open: Some(STREAM),
+            poll: None,
+        },
+    };
+    super::decoder::ScaleDecoder::new(
+        DECODER,
+        super::decoder::ScaleFramer::Line(crate::framing::LineFramer::new(max_frame)),
+        parse,
+        settle,
+        max_frame,
+        requests,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,8 +31,9 @@ const DECODER: &str = "scale.toledo";
 const STX: u8 = 0x02;
 const CR: u8 = 0x0d;
 
-/// Whether a checksum byte follows the CR.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Whether a checksum byte follows the CR (`checksum = "auto" | "always" | "never"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Checksum {
     /// Decided per frame: a byte after CR that is not STX is the checksum. A frame is released
     /// when the byte after its CR arrives (or on [`ToledoFramer::flush`]), so the last frame of
@@ -303,6 +304,22 @@ fn digits(
     value
         .checked_shift(shift)
         .ok_or_else(|| ScaleError::format(DECODER, format!("{name} field out of range"), frame))
+}
+
+/// The `scale.toledo` decoder: continuous output, streamed by the scale.
+pub fn decoder(
+    settle: super::settle::SettleConfig,
+    max_frame: usize,
+    checksum: Checksum,
+) -> super::decoder::ScaleDecoder {
+    super::decoder::ScaleDecoder::new(
+        DECODER,
+        super::decoder::ScaleFramer::Toledo(ToledoFramer::new(max_frame, checksum)),
+        parse,
+        settle,
+        max_frame,
+        crate::decoder::Requests::default(),
+    )
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ impl MqttSource {
             receive_maximum: self.receive_maximum,
             // A device message larger than max_frame becomes an exception, not a dropped
             // connection: accept generously up to 1 MiB.
-            max_packet: (self.max_frame.max(1 << 20) + 1024) as u32,
+            max_packet: (self.decoder.max_frame().max(1 << 20) + 1024) as u32,
         })
     }
 
@@ -74,7 +74,7 @@ impl MqttSource {
             &ctx.config,
             &self.id,
             self.station.as_deref(),
-            self.decoding(),
+            &self.decoder,
             ctx.correlator.clone(),
         );
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -307,10 +307,30 @@ impl MqttSource {
         unacked: &mut Unacked,
         flow: &mut Flow,
     ) -> bool {
-        let reading = norm.message(&p.payload);
-        ctx.status.source_reading(&self.id, reading.observed_ms);
-        // Waits only when the writer's queue is full: back-pressure on the broker.
-        match ctx.writer.append_confirmed(reading).await {
+        let mut readings = norm.message(&p.payload);
+        // A message is one reading with every decoder an MQTT source may have; should a
+        // decoder make more, the last one's commit confirms all (commits keep queue order),
+        // and one that makes none is acknowledged as stored.
+        let last = readings.pop();
+        for reading in readings {
+            ctx.status.source_reading(&self.id, reading.observed_ms);
+            if ctx.writer.append(reading).await.is_err() {
+                return false;
+            }
+        }
+        let confirmed = match last {
+            Some(reading) => {
+                ctx.status.source_reading(&self.id, reading.observed_ms);
+                // Waits only when the writer's queue is full: back-pressure on the broker.
+                ctx.writer.append_confirmed(reading).await
+            }
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Appended::Committed(0));
+                Ok(rx)
+            }
+        };
+        match confirmed {
             // QoS 0 is never acknowledged (nor redelivered).
             Ok(confirmed) => {
                 if p.qos != QoS::AtMostOnce {

@@ -1,0 +1,505 @@
+//! A source's decoder: `decoder = "NAME"` and that decoder's own keys, written in the source's
+//! table beside the source's keys. Each decoder has its own settings type, so a key that does
+//! not belong to the chosen decoder is refused by name. Adding a device format is one file in
+//! `edge_protocol` (its `Decoder`) and one arm here.
+
+use std::time::Duration;
+
+use edge_protocol::decimal::Decimal;
+use edge_protocol::decoder::{Decoder, Framing};
+use edge_protocol::rules::{RecordKind, Records, RulesDecoder};
+use edge_protocol::scale::settle::SettleConfig;
+use edge_protocol::scale::{ascii, mt_sics, toledo};
+use serde::Deserialize;
+
+use super::read::{closest, shown, Collector};
+use super::{RuleConfig, Span};
+
+/// The names `decoder` takes.
+pub const NAMES: [&str; 6] = [
+    "barcode",
+    "scale.mt_sics",
+    "scale.toledo",
+    "scale.ascii",
+    "json",
+    "delimited",
+];
+
+/// Reads the decoder of the source at `key` from its table's keys that are not the source's
+/// own (`rest`, with `decoder`); every problem is recorded under the source's key, an unknown
+/// key with the source's keys (`own`) and the decoder's. None when it cannot be read; then
+/// `{key}.decoder` is poisoned, so no check judges settings that were not read.
+pub(super) fn read(
+    c: &mut Collector,
+    key: &str,
+    mut rest: serde_json::Map<String, serde_json::Value>,
+    own: &[&str],
+) -> Option<DecoderConfig> {
+    let decoder_key = format!("{key}.decoder");
+    let fail = |c: &mut Collector, message: String| {
+        c.push(&decoder_key, message);
+        c.poison(&decoder_key);
+        None
+    };
+    let name = match rest.remove("decoder") {
+        Some(serde_json::Value::String(name)) => name,
+        Some(other) => {
+            unknown_keys(c, key, &rest, own, None);
+            return fail(
+                c,
+                format!(
+                    "{} is not a decoder; use one of {}",
+                    shown(&other),
+                    NAMES.join(", ")
+                ),
+            );
+        }
+        None => {
+            unknown_keys(c, key, &rest, own, None);
+            return fail(c, "required key `decoder` is missing".into());
+        }
+    };
+    if !NAMES.contains(&name.as_str()) {
+        unknown_keys(c, key, &rest, own, None);
+        return fail(
+            c,
+            format!("{name:?} is not a decoder; use one of {}", NAMES.join(", ")),
+        );
+    }
+    // Keys that are neither the source's nor this decoder's, named with both lists.
+    unknown_keys(c, key, &rest, own, Some(&name));
+    let known = keys_of(&name);
+    rest.retain(|k, _| known.contains(k));
+    let value = serde_json::Value::Object(rest);
+    let table = format!("decoder = {name:?}");
+    let read = match name.as_str() {
+        "barcode" => c.read(key, value, &table).map(DecoderConfig::Barcode),
+        "scale.mt_sics" => c.read(key, value, &table).map(DecoderConfig::ScaleMtSics),
+        "scale.toledo" => c.read(key, value, &table).map(DecoderConfig::ScaleToledo),
+        "scale.ascii" => c.read(key, value, &table).map(DecoderConfig::ScaleAscii),
+        "json" => c.read(key, value, &table).map(DecoderConfig::Json),
+        _ => c.read(key, value, &table).map(DecoderConfig::Delimited),
+    };
+    if read.is_none() {
+        c.poison(&decoder_key);
+    }
+    read
+}
+
+/// The keys decoder `name` takes, as its settings type declares them (serde lists them when
+/// it meets a key they do not have).
+fn keys_of(name: &str) -> Vec<String> {
+    fn keys<T: serde::de::DeserializeOwned>() -> Vec<String> {
+        let probe = serde_json::json!({ "\u{1}": 0 });
+        match serde_json::from_value::<T>(probe) {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                let msg = e.to_string();
+                msg.split_once(", expected ")
+                    .map(|(_, list)| {
+                        list.split('`')
+                            .skip(1)
+                            .step_by(2)
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+        }
+    }
+    match name {
+        "barcode" => keys::<Barcode>(),
+        "scale.mt_sics" => keys::<MtSics>(),
+        "scale.toledo" => keys::<Toledo>(),
+        "scale.ascii" => keys::<Scale>(),
+        "json" => keys::<Json>(),
+        "delimited" => keys::<Delimited>(),
+        _ => Vec::new(),
+    }
+}
+
+/// Records each key of `rest` that neither the source (`own`) nor its decoder takes. With the
+/// decoder unknown (`None`), only keys that no decoder takes are certain to be wrong.
+fn unknown_keys(
+    c: &mut Collector,
+    key: &str,
+    rest: &serde_json::Map<String, serde_json::Value>,
+    own: &[&str],
+    decoder: Option<&str>,
+) {
+    let known: Vec<String> = match decoder {
+        Some(name) => keys_of(name),
+        None => NAMES.iter().flat_map(|n| keys_of(n)).collect(),
+    };
+    for field in rest.keys().filter(|k| !known.contains(k)) {
+        let all: Vec<&str> = own
+            .iter()
+            .copied()
+            .chain(known.iter().map(String::as_str))
+            .collect();
+        let hint = closest(field, &all)
+            .map(|k| format!("did you mean `{k}`? "))
+            .unwrap_or_default();
+        let message = match decoder {
+            Some(name) => format!(
+                "unknown key `{field}`; {hint}the source's keys are {}; decoder {name:?} takes {}",
+                own.join(", "),
+                if known.is_empty() {
+                    "none of its own".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+            None => format!(
+                "unknown key `{field}`; {hint}no decoder and no source takes it; the source's keys are {}",
+                own.join(", ")
+            ),
+        };
+        let k = format!("{key}.{field}");
+        c.push(&k, message);
+        c.poison(k);
+    }
+}
+
+impl Default for DecoderConfig {
+    /// Stands in for a decoder that could not be read (its key is poisoned, so nothing judges
+    /// it) until the loader sets the real one.
+    fn default() -> Self {
+        DecoderConfig::Barcode(Barcode {
+            no_read: defaults::no_read(),
+            max_frame: defaults::max_frame(),
+            framing: Framing::Line,
+        })
+    }
+}
+
+/// The decoder of a source and its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecoderConfig {
+    /// One code per line (or STX/ETX telegram).
+    Barcode(Barcode),
+    /// Mettler Toledo MT-SICS, asked for readings.
+    ScaleMtSics(MtSics),
+    /// Toledo continuous output.
+    ScaleToledo(Toledo),
+    /// A&D-style indicator strings.
+    ScaleAscii(Scale),
+    /// One JSON object per message or line, mapped by rules.
+    Json(Json),
+    /// Text telegrams split on a separator, mapped by rules.
+    Delimited(Delimited),
+}
+
+/// `decoder = "barcode"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Barcode {
+    /// The scanner's no-read text.
+    #[serde(default = "defaults::no_read")]
+    pub no_read: String,
+    /// Frames longer than this many bytes (16 to 1048576) become an `undecodable` exception.
+    #[serde(default = "defaults::max_frame")]
+    pub max_frame: usize,
+    /// Serial only: "line" (default), "stx_etx" or "stx_etx_lrc".
+    #[serde(default)]
+    pub framing: Framing,
+}
+
+/// The settle rule's keys, the same for every scale.
+macro_rules! scale_settings {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident: $ty:ty = $default:expr),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Frames longer than this many bytes (16 to 1048576) become an exception.
+            #[serde(default = "defaults::max_frame")]
+            pub max_frame: usize,
+            /// How long the scale's stability flag must hold one weight.
+            #[serde(default = "defaults::settle")]
+            pub settle: Span,
+            /// Weights below this (kg, decimal text) are an empty scale; the rule re-arms there.
+            #[serde(default = "defaults::min_kg")]
+            pub min_kg: String,
+            /// An item that never settles in this time gives an `unstable_weight` exception.
+            #[serde(default = "defaults::settle_timeout")]
+            pub settle_timeout: Span,
+            /// A weight carries the SSCC last scanned at the same station within this time.
+            #[serde(default = "defaults::correlation_window")]
+            pub correlation_window: Span,
+            $($(#[$fm])* #[serde(default = $default)] pub $field: $ty,)*
+        }
+
+        impl $name {
+            fn settle_config(&self) -> SettleConfig {
+                SettleConfig {
+                    settle_ms: self.settle.0.as_millis() as u64,
+                    min_kg: Decimal::parse(&self.min_kg).unwrap_or(Decimal::new(5, 2)),
+                    settle_timeout_ms: self.settle_timeout.0.as_millis() as u64,
+                }
+            }
+
+            fn check(&self, c: &mut Collector, key: &str) {
+                check_scale(c, key, &self.min_kg, self.settle, self.settle_timeout);
+            }
+        }
+    };
+}
+
+scale_settings! {
+    /// `decoder = "scale.mt_sics"`.
+    MtSics {
+        /// Ask with `SI` this often; unset: ask once for a stream (`SIR`).
+        poll_interval: Option<Span> = "Option::default",
+    }
+}
+
+scale_settings! {
+    /// `decoder = "scale.toledo"`.
+    Toledo {
+        /// "auto" (default), "always" or "never" a checksum byte after CR.
+        checksum: toledo::Checksum = "toledo::Checksum::default",
+    }
+}
+
+scale_settings! {
+    /// `decoder = "scale.ascii"`.
+    Scale {}
+}
+
+/// `decoder = "json"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Json {
+    /// Frames longer than this many bytes (16 to 1048576) become an `undecodable` exception.
+    #[serde(default = "defaults::max_frame")]
+    pub max_frame: usize,
+    /// Serial only: "line" (default), "stx_etx" or "stx_etx_lrc".
+    #[serde(default)]
+    pub framing: Framing,
+    /// Mapping rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `decoder = "delimited"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delimited {
+    /// Frames longer than this many bytes (16 to 1048576) become an `undecodable` exception.
+    #[serde(default = "defaults::max_frame")]
+    pub max_frame: usize,
+    /// "line" (default), "stx_etx" or "stx_etx_lrc" (serial only).
+    #[serde(default)]
+    pub framing: Framing,
+    /// The column separator.
+    #[serde(default = "defaults::separator")]
+    pub separator: String,
+    /// Mapping rules, first match wins.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+mod defaults {
+    use super::Span;
+    use std::time::Duration;
+
+    pub fn no_read() -> String {
+        "NOREAD".into()
+    }
+    pub fn max_frame() -> usize {
+        4096
+    }
+    pub fn separator() -> String {
+        "|".into()
+    }
+    pub fn settle() -> Span {
+        Span(Duration::from_millis(300))
+    }
+    pub fn min_kg() -> String {
+        "0.05".into()
+    }
+    pub fn settle_timeout() -> Span {
+        Span(Duration::from_secs(10))
+    }
+    pub fn correlation_window() -> Span {
+        Span(Duration::from_secs(10))
+    }
+}
+
+impl DecoderConfig {
+    /// The name written in `decoder`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DecoderConfig::Barcode(_) => "barcode",
+            DecoderConfig::ScaleMtSics(_) => "scale.mt_sics",
+            DecoderConfig::ScaleToledo(_) => "scale.toledo",
+            DecoderConfig::ScaleAscii(_) => "scale.ascii",
+            DecoderConfig::Json(_) => "json",
+            DecoderConfig::Delimited(_) => "delimited",
+        }
+    }
+
+    pub fn max_frame(&self) -> usize {
+        match self {
+            DecoderConfig::Barcode(d) => d.max_frame,
+            DecoderConfig::ScaleMtSics(d) => d.max_frame,
+            DecoderConfig::ScaleToledo(d) => d.max_frame,
+            DecoderConfig::ScaleAscii(d) => d.max_frame,
+            DecoderConfig::Json(d) => d.max_frame,
+            DecoderConfig::Delimited(d) => d.max_frame,
+        }
+    }
+
+    /// Scales: how far back a settled weight looks for the SSCC scanned at its station.
+    pub fn correlation_window(&self) -> Option<Duration> {
+        match self {
+            DecoderConfig::ScaleMtSics(d) => Some(d.correlation_window.0),
+            DecoderConfig::ScaleToledo(d) => Some(d.correlation_window.0),
+            DecoderConfig::ScaleAscii(d) => Some(d.correlation_window.0),
+            _ => None,
+        }
+    }
+
+    fn framing(&self) -> Framing {
+        match self {
+            DecoderConfig::Barcode(d) => d.framing,
+            DecoderConfig::Json(d) => d.framing,
+            DecoderConfig::Delimited(d) => d.framing,
+            _ => Framing::Line,
+        }
+    }
+
+    fn rules(&self) -> Option<(&[RuleConfig], RecordKind)> {
+        match self {
+            DecoderConfig::Json(d) => Some((&d.rules, RecordKind::Json)),
+            DecoderConfig::Delimited(d) => Some((&d.rules, RecordKind::Delimited)),
+            _ => None,
+        }
+    }
+
+    /// The running decoder. The configuration was validated (rules that do not build are
+    /// left out, which validation refuses).
+    pub fn build(&self) -> Box<dyn Decoder> {
+        let rules = |rules: &[RuleConfig]| rules.iter().filter_map(|r| r.build().ok()).collect();
+        match self {
+            DecoderConfig::Barcode(d) => Box::new(edge_protocol::barcode::BarcodeDecoder::new(
+                d.framing,
+                &d.no_read,
+                d.max_frame,
+            )),
+            DecoderConfig::ScaleMtSics(d) => Box::new(mt_sics::decoder(
+                d.settle_config(),
+                d.max_frame,
+                d.poll_interval.map(|p| p.0.as_millis() as u64),
+            )),
+            DecoderConfig::ScaleToledo(d) => {
+                Box::new(toledo::decoder(d.settle_config(), d.max_frame, d.checksum))
+            }
+            DecoderConfig::ScaleAscii(d) => {
+                Box::new(ascii::decoder(d.settle_config(), d.max_frame))
+            }
+            DecoderConfig::Json(d) => Box::new(RulesDecoder::new(
+                d.framing,
+                Records::Json,
+                rules(&d.rules),
+                d.max_frame,
+            )),
+            DecoderConfig::Delimited(d) => Box::new(RulesDecoder::new(
+                d.framing,
+                Records::Delimited(d.separator.clone()),
+                rules(&d.rules),
+                d.max_frame,
+            )),
+        }
+    }
+
+    /// Every problem of the decoder's settings, under `key` (the source's), for a serial
+    /// source or an MQTT one.
+    pub(super) fn check(&self, c: &mut Collector, key: &str, serial: bool) {
+        let max_frame = self.max_frame();
+        if !(16..=1 << 20).contains(&max_frame) {
+            c.push(
+                format!("{key}.max_frame"),
+                format!("{max_frame} must be from 16 to 1048576 bytes"),
+            );
+        }
+        if self.correlation_window().is_some() && !serial {
+            c.push(
+                format!("{key}.decoder"),
+                format!(
+                    "{:?} reads a scale on a serial port; use it in [[sources.serial]]",
+                    self.name()
+                ),
+            );
+        }
+        if self.framing() != Framing::Line && !serial {
+            c.push(
+                format!("{key}.framing"),
+                "an MQTT message is one frame: stx_etx framing is for serial sources; remove it",
+            );
+        }
+        if let Some((rules, kind)) = self.rules() {
+            if rules.is_empty() {
+                c.push(
+                    format!("{key}.rules"),
+                    format!(
+                        "the {} decoder needs at least one [[...rules]] entry mapping messages to events",
+                        self.name()
+                    ),
+                );
+            }
+            for (j, r) in rules.iter().enumerate() {
+                match r.build() {
+                    Ok(rule) => {
+                        for p in edge_protocol::rules::check_rule_for(&rule, kind) {
+                            c.push(format!("{key}.rules[{j}]"), p);
+                        }
+                    }
+                    Err(problems) => {
+                        super::push_rule_problems(c, &format!("{key}.rules[{j}]"), problems)
+                    }
+                }
+            }
+        }
+        match self {
+            DecoderConfig::Delimited(d) if d.separator.is_empty() => c.push(
+                format!("{key}.separator"),
+                "must not be empty, e.g. \"|\" or \";\"",
+            ),
+            DecoderConfig::ScaleMtSics(d) => {
+                d.check(c, key);
+                if let Some(p) = d.poll_interval {
+                    if p.0 < Duration::from_millis(20) {
+                        c.push(
+                            format!("{key}.poll_interval"),
+                            format!("{p} is too fast; use at least 20ms"),
+                        );
+                    }
+                }
+            }
+            DecoderConfig::ScaleToledo(d) => d.check(c, key),
+            DecoderConfig::ScaleAscii(d) => d.check(c, key),
+            _ => {}
+        }
+    }
+}
+
+/// The settle rule's keys of a scale: `min_kg` a weight, `settle` within `settle_timeout`.
+fn check_scale(c: &mut Collector, key: &str, min_kg: &str, settle: Span, timeout: Span) {
+    match Decimal::parse(min_kg) {
+        Ok(v) if !v.is_negative() => {}
+        _ => c.push(
+            format!("{key}.min_kg"),
+            format!("{min_kg:?} is not a weight in kg; write e.g. \"0.05\""),
+        ),
+    }
+    let timings_read = !c.is_poisoned(&format!("{key}.settle"))
+        && !c.is_poisoned(&format!("{key}.settle_timeout"));
+    if timings_read && settle.0 > timeout.0 {
+        c.push(
+            format!("{key}.settle"),
+            format!("{settle} is longer than settle_timeout {timeout}: nothing could settle"),
+        );
+    }
+}
