@@ -1,6 +1,11 @@
 //! Exponential backoff with jitter for every retry loop (ports, brokers, the buffer file).
+//!
+//! Time is tokio's ([`tokio::time::Instant`]), so the delays and the [`STABLE`] rule follow a
+//! paused test clock (`tokio::time::pause`, `advance`). Outside a runtime (or without tokio's
+//! `test-util`) it is the ordinary monotonic clock.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A connection that stays up this long has earned a fresh start: the next failure retries
 /// from `min` again. One that fails sooner (a broker that accepts and then drops us, a port
@@ -67,34 +72,82 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    #[test]
-    fn delays_grow_to_the_cap_with_bounded_jitter_and_reset() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        let mut bases = vec![];
-        for _ in 0..12 {
-            let d = b.next_delay();
-            bases.push(d);
-        }
-        assert!(bases[0] >= Duration::from_millis(80) && bases[0] <= Duration::from_millis(120));
-        assert!(bases[11] >= Duration::from_secs(24) && bases[11] <= Duration::from_secs(36));
+    /// The base delay of `d` (jitter is at most ±20%).
+    fn within(d: Duration, base: Duration) -> bool {
+        d >= base * 4 / 5 && d <= base * 6 / 5
     }
 
-    #[test]
-    fn only_a_connection_that_stayed_up_starts_the_delays_over() {
+    #[tokio::test(start_paused = true)]
+    async fn delays_grow_to_the_cap_with_bounded_jitter() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
-        b.stable = Duration::from_millis(30);
+        let mut base = Duration::from_millis(100);
+        for i in 0..12 {
+            let d = b.next_delay();
+            assert!(within(d, base), "delay {i}: {d:?} is not {base:?} ±20%");
+            base = (base * 2).min(Duration::from_secs(30));
+        }
+        // Capped: it stays at max.
+        assert!(within(b.next_delay(), Duration::from_secs(30)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_jitter_differs_between_delays() {
+        let mut b = Backoff::new(Duration::from_secs(30), Duration::from_secs(30));
+        let delays: std::collections::HashSet<Duration> = (0..20).map(|_| b.next_delay()).collect();
+        assert!(delays.len() > 1, "20 delays, all {delays:?}: no jitter");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_dropped_at_once_keeps_backing_off() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         for _ in 0..4 {
             b.next_delay();
         }
-        // Up, and dropped at once: the delays keep growing (base 1.6 s).
+        // Up, and dropped 9.9 s later: the delays keep growing (base 8 s).
         b.up();
-        assert!(b.next_delay() >= Duration::from_millis(1280));
-        // Up long enough: back to min.
-        b.up();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && b.up_since.is_some_and(|t| t.elapsed() < b.stable) {
-            std::thread::yield_now();
+        tokio::time::advance(STABLE - Duration::from_millis(100)).await;
+        let d = b.next_delay();
+        assert!(within(d, Duration::from_secs(8)), "{d:?}");
+        // A failure without `up()` in between never resets, however long it took.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        let d = b.next_delay();
+        assert!(within(d, Duration::from_secs(16)), "{d:?}");
+    }
+
+    /// Fails with std time: under a paused clock, `advance` moves tokio's clock only.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_stayed_up_10_s_starts_the_delays_over() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        for _ in 0..6 {
+            b.next_delay();
         }
-        assert!(b.next_delay() <= Duration::from_millis(120));
+        b.up();
+        let real = std::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let d = b.next_delay();
+        assert!(within(d, Duration::from_millis(500)), "{d:?} after 10 s up");
+        assert!(
+            real.elapsed() < Duration::from_secs(5),
+            "the test waited for real"
+        );
+        // And it grows again from there.
+        assert!(within(b.next_delay(), Duration::from_secs(1)));
+    }
+
+    /// The delays it hands out are tokio time: a loop sleeping them runs under a paused clock
+    /// and reconnects from `min` after a stable connection, as upstream's and the sources' do.
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_loop_under_a_paused_clock() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let start = Instant::now();
+        for _ in 0..3 {
+            tokio::time::sleep(b.next_delay()).await;
+        }
+        // 0.5 + 1 + 2 s, ±20%.
+        let slept = start.elapsed();
+        assert!(within(slept, Duration::from_millis(3500)), "{slept:?}");
+        b.up();
+        tokio::time::sleep(STABLE).await;
+        assert!(within(b.next_delay(), Duration::from_millis(500)));
     }
 }

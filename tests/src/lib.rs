@@ -6,11 +6,11 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::net::TcpStream;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -60,21 +60,140 @@ pub fn agent_bin() -> PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A TCP port for a listener on 127.0.0.1 that the test starts (a broker, an extra listener).
+///
+/// Never the same port twice in one test process (the tests of a file run in parallel threads),
+/// and outside the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), so that no
+/// client connection of this or another process is given it meanwhile. Each test process starts
+/// at its own place in the range. Still, another program may bind it before the listener does:
+/// whatever binds it later must notice a failed bind and take another port
+/// ([`Broker::start_with_ports`] and [`serve_in_process`] do).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    static NEXT: OnceLock<(u32, u32, AtomicU32)> = OnceLock::new();
+    let (low, span, next) = NEXT.get_or_init(|| {
+        let (low, high) = port_pool();
+        let span = high - low;
+        let start = std::process::id().wrapping_mul(2_654_435_761) % span;
+        (low, span, AtomicU32::new(start))
+    });
+    let first = next.load(Ordering::Relaxed);
+    loop {
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            n.wrapping_sub(first) < *span,
+            "free_port: every port of {low}..{} was handed out",
+            low + span
+        );
+        let port = (low + n % span) as u16;
+        // Taken by a running program (a listener, or a socket bound to it): skip it.
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `[low, high)`: the ports below the ephemeral range (from 10000), or above it.
+fn port_pool() -> (u32, u32) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|w| w.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    if ephemeral.0 >= 10_000 + 2_000 {
+        (10_000, ephemeral.0)
+    } else if ephemeral.1 + 2_000 < 65_536 {
+        (ephemeral.1 + 1, 65_536)
+    } else {
+        (1024, 65_536)
+    }
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (Linux: `/proc/net/tcp` and
+/// `/proc/PID/fd`). Unlike a connection attempt, this tells our listener from another
+/// program's on the same port.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            // st 0A: LISTEN
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                if let Some(inode) = f.get(9) {
+                    inodes.insert(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.contains(target.to_string_lossy().as_ref()))
+    })
+}
+
+/// Starts a server on this process's threads on a port from [`free_port`]: `start(port)` spawns
+/// the thread that binds and serves, and that thread ends if the bind fails (the port was taken
+/// meanwhile), in which case it is started again on another port. Returns the port once this
+/// process listens on it.
+pub fn serve_in_process(start: impl FnMut(u16) -> std::thread::JoinHandle<()>) -> Result<u16> {
+    serve_in_process_from(free_port, start)
+}
+
+fn serve_in_process_from(
+    mut next_port: impl FnMut() -> u16,
+    mut start: impl FnMut(u16) -> std::thread::JoinHandle<()>,
+) -> Result<u16> {
+    let deadline = Instant::now() + DEADLINE;
+    let me = std::process::id();
+    loop {
+        let port = next_port();
+        let server = start(port);
+        let up = wait_for(&format!("a server to listen on {port}"), DEADLINE, || {
+            if server.is_finished() {
+                Some(false)
+            } else {
+                listens_on(me, port).then_some(true)
+            }
+        })?;
+        if up {
+            return Ok(port);
+        }
+        if Instant::now() > deadline {
+            bail!("no port could be bound within {DEADLINE:?} (the last tried: {port})");
+        }
+    }
 }
 
 /// A mosquitto process on a loopback port; killed on drop.
 pub struct Broker {
     pub port: u16,
+    /// The ports of the listeners [`Broker::start_with_ports`] added, in order.
+    pub ports: Vec<u16>,
     dir: tempfile::TempDir,
     child: Option<Child>,
     /// More listeners and their settings (see [`Broker::start_with`]).
     extra: String,
+}
+
+/// How one start of mosquitto went.
+enum Launch {
+    Up,
+    /// It exited: "Address already in use".
+    PortTaken,
 }
 
 impl Broker {
@@ -82,28 +201,81 @@ impl Broker {
         Broker::start_with("")
     }
 
-    /// A broker with more configuration after its plain anonymous listener on `port`, e.g. a
-    /// TLS listener: `"listener 18883 127.0.0.1\ncafile ...\n"`. Settings are per listener
-    /// (`per_listener_settings true`), so each extra listener states its own
-    /// `allow_anonymous` / `password_file`. The broker counts as started once every
-    /// `listener` port accepts connections.
+    /// A broker with more configuration after its plain anonymous listener on `port`, e.g.
+    /// `"max_packet_size 1000\n"`. Settings are per listener (`per_listener_settings true`),
+    /// so each extra listener states its own `allow_anonymous` / `password_file`. A `listener`
+    /// here keeps its port even if another program took it: give listeners with
+    /// [`Broker::start_with_ports`], which picks their ports again when one is taken.
     pub fn start_with(extra: &str) -> Result<Broker> {
+        Broker::start_with_ports(0, |_| extra.to_string())
+    }
+
+    /// A broker with `n` more listeners: `extra(ports)` is the configuration after the plain
+    /// listener, with the `n` ports (from [`free_port`]) to give them, e.g. a TLS listener:
+    /// `|p| format!("listener {} 127.0.0.1\ncafile ...\n", p[0])`. They end up in
+    /// [`Broker::ports`]. If mosquitto cannot bind one of its ports (another program took it
+    /// after `free_port` looked), it is started again on new ones. The broker counts as
+    /// started once mosquitto itself listens on every `listener` port.
+    pub fn start_with_ports(n: usize, extra: impl Fn(&[u16]) -> String) -> Result<Broker> {
+        Broker::start_from(free_port, n, extra)
+    }
+
+    fn start_from(
+        mut next_port: impl FnMut() -> u16,
+        n: usize,
+        extra: impl Fn(&[u16]) -> String,
+    ) -> Result<Broker> {
         let mut b = Broker {
-            port: free_port(),
+            port: 0,
+            ports: Vec::new(),
             dir: tempfile::tempdir()?,
             child: None,
-            extra: extra.to_string(),
+            extra: String::new(),
         };
-        b.restart()?;
-        Ok(b)
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            b.port = next_port();
+            b.ports = (0..n).map(|_| next_port()).collect();
+            b.extra = extra(&b.ports);
+            match b.launch()? {
+                Launch::Up => return Ok(b),
+                Launch::PortTaken if Instant::now() < deadline => {}
+                Launch::PortTaken => bail!(
+                    "mosquitto found its ports taken for {DEADLINE:?}; its log:\n{}",
+                    b.log()
+                ),
+            }
+        }
     }
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
 
-    /// Starts it (again) on the same port.
+    /// Starts it (again) on the same ports: clients expect it where it was. If one is taken
+    /// meanwhile, it tries again (for up to [`DEADLINE`]) until it is free.
     pub fn restart(&mut self) -> Result<()> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.launch()? {
+                Launch::Up => return Ok(()),
+                Launch::PortTaken if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Launch::PortTaken => bail!(
+                    "port {} (or one of {:?}) stayed taken for {DEADLINE:?}; mosquitto log:\n{}",
+                    self.port,
+                    self.ports,
+                    self.log()
+                ),
+            }
+        }
+    }
+
+    /// Starts mosquitto once and waits until it listens on every port, or exits.
+    fn launch(&mut self) -> Result<Launch> {
         let conf = self.dir.path().join("mosquitto.conf");
         let per_listener = if self.extra.is_empty() {
             ""
@@ -119,8 +291,11 @@ impl Broker {
                 self.extra
             ),
         )?;
-        let log = File::create(self.dir.path().join("mosquitto.log"))?;
-        let child = Command::new(mosquitto_bin())
+        // Appended: the log keeps every start, this one's begins at `from`.
+        let path = self.log_path();
+        let from = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as usize;
+        let log = File::options().create(true).append(true).open(&path)?;
+        let mut child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
@@ -129,25 +304,62 @@ impl Broker {
             .context(
                 "starting mosquitto; install it (apt-get install -y mosquitto) or run tests/run",
             )?;
-        self.child = Some(child);
         let extra_ports = self.extra.lines().filter_map(|l| {
             let mut words = l.split_whitespace();
             (words.next() == Some("listener"))
                 .then(|| words.next()?.parse::<u16>().ok())
                 .flatten()
         });
-        for port in std::iter::once(self.port).chain(extra_ports) {
-            wait_for(&format!("mosquitto to listen on {port}"), DEADLINE, || {
-                TcpStream::connect(("127.0.0.1", port)).ok()
-            })
-            .map_err(|e| anyhow!("{e}; mosquitto log:\n{}", self.log()))?;
+        let ports: Vec<u16> = std::iter::once(self.port).chain(extra_ports).collect();
+        let pid = child.id();
+        // Its own listeners, not just something answering on the ports: another program's
+        // listener there would accept a connection while this mosquitto exits.
+        let outcome = wait_for(
+            &format!("mosquitto to listen on {ports:?}"),
+            DEADLINE,
+            || match child.try_wait() {
+                Ok(Some(exit)) => Some(Err(exit)),
+                _ => ports.iter().all(|p| listens_on(pid, *p)).then_some(Ok(())),
+            },
+        );
+        match outcome {
+            Ok(Ok(())) => {
+                self.child = Some(child);
+                Ok(Launch::Up)
+            }
+            Ok(Err(exit)) => {
+                let log = self.log();
+                if log
+                    .get(from..)
+                    .unwrap_or("")
+                    .contains("Address already in use")
+                {
+                    Ok(Launch::PortTaken)
+                } else {
+                    bail!("mosquitto exited ({exit}); its log:\n{log}")
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{e}; mosquitto log:\n{}", self.log())
+            }
         }
-        Ok(())
+    }
+
+    /// The pid of the running mosquitto.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Where mosquitto logs (every start, appended).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
     }
 
     /// What mosquitto wrote so far (for failure messages).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Stops it (the uplink goes down). SIGTERM, so that it saves its sessions: a
@@ -210,7 +422,9 @@ pub struct Collector {
 
 impl Collector {
     pub fn subscribe(port: u16, filter: &str) -> Result<Collector> {
-        let id = format!("collector-{}-{}", std::process::id(), free_port());
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let id = format!("collector-{}-{n}", std::process::id());
         let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_clean_session(false);
@@ -426,6 +640,13 @@ impl Agent {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// How the agent exited, if it did (None while it runs, or if it was never started).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// The agent's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
@@ -576,5 +797,147 @@ pub fn fill(path: &std::path::Path) -> Result<u64> {
             Err(e) if e.raw_os_error() == Some(28) => return Ok(written),
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_port_never_hands_out_a_port_twice_and_stays_out_of_the_ephemeral_range() {
+        let (low, high) = port_pool();
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..200).map(|_| free_port()).collect::<Vec<_>>()))
+            .collect();
+        let ports: Vec<u16> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a thread panicked"))
+            .collect();
+        let unique: std::collections::HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len(), "a port was handed out twice");
+        let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .expect("ip_local_port_range");
+        let e: Vec<u32> = ephemeral
+            .split_whitespace()
+            .map(|w| w.parse().expect("a port"))
+            .collect();
+        for p in ports {
+            let p = u32::from(p);
+            assert!(p >= low && p < high, "{p} not in {low}..{high}");
+            assert!(
+                !(e[0]..=e[1]).contains(&p),
+                "{p} is in the ephemeral range {ephemeral}"
+            );
+        }
+    }
+
+    /// A port some other program holds, and the ones after it from `free_port`.
+    fn taken_first(taken: u16) -> impl FnMut() -> u16 {
+        let mut first = Some(taken);
+        move || first.take().unwrap_or_else(free_port)
+    }
+
+    #[test]
+    fn a_broker_whose_port_was_taken_meanwhile_starts_on_another_one() -> Result<()> {
+        let taken = free_port();
+        let holder = std::net::TcpListener::bind(("127.0.0.1", taken))?;
+        let b = Broker::start_from(taken_first(taken), 0, |_| String::new())?;
+        assert_ne!(b.port, taken, "it reported the taken port as its own");
+        let pid = b.pid().expect("running");
+        assert!(
+            listens_on(pid, b.port),
+            "mosquitto does not listen on {}",
+            b.port
+        );
+        assert!(
+            b.log().contains("Address already in use"),
+            "the first try did not meet the taken port:\n{}",
+            b.log()
+        );
+        drop(holder);
+        Ok(())
+    }
+
+    #[test]
+    fn a_broker_whose_extra_listener_port_was_taken_picks_new_ports() -> Result<()> {
+        let taken = free_port();
+        let holder = std::net::TcpListener::bind(("127.0.0.1", taken))?;
+        // The plain listener gets a free port, the extra one the taken port.
+        let plain = free_port();
+        let mut order = vec![plain, taken].into_iter();
+        let b = Broker::start_from(
+            move || order.next().unwrap_or_else(free_port),
+            1,
+            |p| format!("listener {} 127.0.0.1\nallow_anonymous true\n", p[0]),
+        )?;
+        assert_ne!(b.ports[0], taken);
+        let pid = b.pid().expect("running");
+        assert!(
+            listens_on(pid, b.port) && listens_on(pid, b.ports[0]),
+            "{:?}",
+            b.ports
+        );
+        drop(holder);
+        Ok(())
+    }
+
+    #[test]
+    fn a_restarted_broker_waits_for_its_port_and_comes_back_on_it() -> Result<()> {
+        let mut b = Broker::start()?;
+        let port = b.port;
+        b.stop();
+        let holder = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        let log = b.log_path();
+        let before = b.log().matches("Address already in use").count();
+        // Held until mosquitto has failed on it at least once, then given back.
+        let release = std::thread::spawn(move || {
+            let met = wait_for("mosquitto to meet the taken port", DEADLINE, || {
+                let text = std::fs::read_to_string(&log).ok()?;
+                (text.matches("Address already in use").count() > before).then_some(())
+            });
+            drop(holder);
+            met
+        });
+        b.restart()?;
+        release.join().expect("release thread")?;
+        assert_eq!(b.port, port);
+        let pid = b.pid().expect("running");
+        assert!(listens_on(pid, port), "mosquitto is not back on {port}");
+        Ok(())
+    }
+
+    #[test]
+    fn an_in_process_server_whose_port_was_taken_meanwhile_moves_to_another() -> Result<()> {
+        // Another program (a mosquitto) holds the first port.
+        let other = Broker::start()?;
+        let mut tries = vec![];
+        let port = serve_in_process_from(taken_first(other.port), |port| {
+            tries.push(port);
+            std::thread::spawn(move || {
+                if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                    for conn in l.incoming() {
+                        drop(conn);
+                    }
+                }
+            })
+        })?;
+        assert_ne!(port, other.port);
+        assert_eq!(tries, [other.port, port]);
+        assert!(listens_on(std::process::id(), port));
+        Ok(())
+    }
+
+    #[test]
+    fn listens_on_tells_this_process_s_listener_from_another_s() -> Result<()> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        assert!(listens_on(std::process::id(), port));
+        let other = Broker::start()?;
+        assert!(!listens_on(std::process::id(), other.port));
+        assert!(listens_on(other.pid().expect("running"), other.port));
+        drop(l);
+        assert!(!listens_on(std::process::id(), port));
+        Ok(())
     }
 }

@@ -3,51 +3,50 @@
 //! built binary, a real central mosquitto.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::{anyhow, ensure, Result};
-use edge_tests::{free_port, wait_for, Agent, Broker, Collector, DEADLINE};
+use edge_tests::{serve_in_process, wait_for, Agent, Broker, Collector, DEADLINE};
 use serde_json::Value;
 
 /// Starts rumqttd with a single MQTT 3.1.1 listener on a free port of 127.0.0.1, on its own
-/// threads for the rest of the test process; returns the port once it accepts connections.
+/// threads for the rest of the test process; returns the port once it listens on it. rumqttd
+/// gives up a listener whose port is taken (another program bound it after `free_port` looked)
+/// and its `start` returns: then it starts again on another port.
 fn start_v311_broker() -> Result<u16> {
-    let port = free_port();
-    let listener = rumqttd::ServerSettings {
-        name: "site-v4".into(),
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: 1 << 20,
-            max_inflight_count: 100,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
-    };
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 64,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 1 << 20,
-            max_segment_count: 10,
-            ..rumqttd::RouterConfig::default()
-        },
-        v4: Some(HashMap::from([("1".to_string(), listener)])),
-        ..rumqttd::Config::default()
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::spawn(move || {
-        if let Err(e) = broker.start() {
-            eprintln!("rumqttd: {e}");
-        }
-    });
-    wait_for("rumqttd to listen", DEADLINE, || {
-        TcpStream::connect(("127.0.0.1", port)).ok()
-    })?;
-    Ok(port)
+    serve_in_process(|port| {
+        let listener = rumqttd::ServerSettings {
+            name: "site-v4".into(),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            tls: None,
+            next_connection_delay_ms: 1,
+            connections: rumqttd::ConnectionSettings {
+                connection_timeout_ms: 10_000,
+                max_payload_size: 1 << 20,
+                max_inflight_count: 100,
+                auth: None,
+                external_auth: None,
+                dynamic_filters: true,
+            },
+        };
+        let config = rumqttd::Config {
+            router: rumqttd::RouterConfig {
+                max_connections: 64,
+                max_outgoing_packet_count: 200,
+                max_segment_size: 1 << 20,
+                max_segment_count: 10,
+                ..rumqttd::RouterConfig::default()
+            },
+            v4: Some(HashMap::from([("1".to_string(), listener)])),
+            ..rumqttd::Config::default()
+        };
+        let mut broker = rumqttd::Broker::new(config);
+        std::thread::spawn(move || {
+            if let Err(e) = broker.start() {
+                eprintln!("rumqttd: {e}");
+            }
+        })
+    })
 }
 
 fn config(central: &Broker, site_port: u16) -> String {

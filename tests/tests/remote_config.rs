@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
@@ -151,32 +153,84 @@ fn a_signed_push_switches_the_sources_without_a_restart_or_a_lost_reading_and_su
     let statuses = Collector::subscribe(central.port, &format!("edge/{SITE}/config/status"))?;
     let mut agent = Agent::start(&agent_config(&central, &site, &public))?;
     agent.wait_source("scanner-a", "open")?;
-    let pid = agent.pid();
+    // What a restart of any kind would change: the process exits, or it runs its start again
+    // (exec'd or in-process: one "edge-agent running" line per start) and reconnects upstream.
+    let starts = |log: &str| log.matches("edge-agent running:").count();
+    let upstream_connections = |log: &str| log.matches("connected to upstream broker").count();
+    let log = wait_for("the upstream connection", DEADLINE, || {
+        let log = agent.log();
+        (upstream_connections(&log) > 0).then_some(log)
+    })?;
+    ensure!(starts(&log) == 1, "{log}");
+    let connections = upstream_connections(&log);
 
-    // Readings keep coming on scanner-a while the push switches the sources.
-    const N: usize = 400;
-    let publisher = std::thread::spawn(move || -> Result<Collector> {
-        for i in 0..N {
-            device.publish("site/a", format!("LPN{i:06}"))?;
-            if i % 50 == 0 {
-                std::thread::sleep(Duration::from_millis(20));
+    // A device keeps scanning on scanner-a, one reading a millisecond, from before the push
+    // until AFTER more readings once the test saw it applied (`applied` is also how the test
+    // stops it when something failed first).
+    const AFTER: usize = 50;
+    let published = Arc::new(AtomicUsize::new(0));
+    let applied = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (published, applied) = (published.clone(), applied.clone());
+        std::thread::spawn(move || -> Result<(Collector, usize)> {
+            let mut i = 0;
+            let mut after = None;
+            while after.is_none_or(|a| i < a) {
+                device.publish("site/a", format!("LPN{i:06}"))?;
+                i += 1;
+                published.store(i, Ordering::SeqCst);
+                if after.is_none() && applied.load(Ordering::SeqCst) {
+                    after = Some(i + AFTER);
+                }
+                // Pacing the device, not waiting for anything.
+                std::thread::sleep(Duration::from_millis(1));
+                ensure!(i < 100_000, "the push was never applied");
             }
-        }
-        Ok(device)
+            Ok((device, i))
+        })
+    };
+    let stop_publisher = |applied: &AtomicBool| applied.store(true, Ordering::SeqCst);
+    // Before: readings already reach central.
+    let flowing = wait_for("readings flowing before the push", DEADLINE, || {
+        (codes_from(&sink.events(), "scanner-a").len() >= 20).then_some(())
     });
-    push(keys.path(), &secret, 1, &two_scanners(&site), &central)?;
-    wait_config_status(&statuses, 1, "applied")?;
-    let device = publisher
+    if let Err(e) = flowing {
+        stop_publisher(&applied);
+        let _ = publisher.join();
+        return Err(e);
+    }
+    let pushed = push(keys.path(), &secret, 1, &two_scanners(&site), &central);
+    let at_sent = published.load(Ordering::SeqCst);
+    let confirmed = pushed.and_then(|()| wait_config_status(&statuses, 1, "applied"));
+    let at_applied = published.load(Ordering::SeqCst);
+    stop_publisher(&applied);
+    let (device, n) = publisher
         .join()
         .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
-    ensure!(agent.pid() == pid, "the agent was restarted");
+    confirmed?;
+    // During and after: readings were published after the push was sent and before the test
+    // saw it applied, and after that.
+    ensure!(
+        at_sent < at_applied && at_applied < n,
+        "readings published: {at_sent} when the push was sent, {at_applied} when it was \
+         applied, {n} in all"
+    );
+
+    ensure!(
+        agent.exited().is_none(),
+        "the agent exited: {}",
+        agent.log()
+    );
+    let log = agent.log();
+    ensure!(starts(&log) == 1, "the agent was restarted:\n{log}");
+    ensure!(
+        upstream_connections(&log) == connections,
+        "the upstream connection was not kept:\n{log}"
+    );
     // scanner-a and its station are the same in the document: it was never stopped.
     ensure!(
-        agent
-            .log()
-            .contains("sources switched; started: scanner-b\n"),
-        "{}",
-        agent.log()
+        log.contains("sources switched; started: scanner-b\n"),
+        "{log}"
     );
     let status = agent.wait_source("scanner-b", "open")?;
     ensure!(
@@ -188,7 +242,7 @@ fn a_signed_push_switches_the_sources_without_a_restart_or_a_lost_reading_and_su
     let events = wait_for("every reading from both scanners", DEADLINE, || {
         let e = sink.events();
         let a: BTreeSet<String> = codes_from(&e, "scanner-a").into_iter().collect();
-        (a.len() == N && codes_from(&e, "scanner-b").len() == 1).then_some(e)
+        (a.len() == n && codes_from(&e, "scanner-b").len() == 1).then_some(e)
     })
     .map_err(|e| anyhow::anyhow!("{e}; {} events\n{}", sink.events().len(), agent.log()))?;
     let b = events.iter().find(|e| e["source"] == "scanner-b");
@@ -197,6 +251,11 @@ fn a_signed_push_switches_the_sources_without_a_restart_or_a_lost_reading_and_su
         "scanner-b's reading belongs to the pushed receiving station: {b:?}"
     );
     let a = codes_from(&events, "scanner-a");
+    let want: BTreeSet<String> = (0..n).map(|i| format!("LPN{i:06}")).collect();
+    ensure!(
+        a.iter().cloned().collect::<BTreeSet<_>>() == want,
+        "scanner-a's readings are not exactly the {n} published"
+    );
     let mut seen = BTreeSet::new();
     let firsts: Vec<&String> = a.iter().filter(|c| seen.insert(*c)).collect();
     ensure!(
@@ -210,6 +269,8 @@ fn a_signed_push_switches_the_sources_without_a_restart_or_a_lost_reading_and_su
     agent.restart()?;
     let status = agent.wait_source("scanner-b", "open")?;
     ensure!(status["config_version"] == 1, "{status}");
+    // The check above sees a restart.
+    ensure!(starts(&agent.log()) == 2, "{}", agent.log());
     ensure!(
         agent
             .log()

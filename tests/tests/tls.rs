@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use edge_tests::{
-    config_keygen, config_sign, free_port, run_cli, wait_for, Agent, Broker, Collector, DEADLINE,
+    config_keygen, config_sign, run_cli, wait_for, Agent, Broker, Collector, DEADLINE,
 };
 use serde_json::Value;
 
@@ -271,8 +271,8 @@ fn codes(events: &[Value]) -> Vec<String> {
 #[test]
 fn events_reach_central_over_server_only_tls_from_a_source_read_over_tls() -> Result<()> {
     let pki = Pki::make()?;
-    let tls_port = free_port();
-    let broker = Broker::start_with(&pki.listener(tls_port, "allow_anonymous true\n"))?;
+    let broker = Broker::start_with_ports(1, |p| pki.listener(p[0], "allow_anonymous true\n"))?;
+    let tls_port = broker.ports[0];
     let sink = Collector::subscribe(broker.port, "edge/#")?;
     let device = Collector::subscribe(broker.port, "unused/#")?;
     let tls_url = format!("mqtts://127.0.0.1:{tls_port}");
@@ -310,10 +310,10 @@ fn events_reach_central_over_server_only_tls_from_a_source_read_over_tls() -> Re
 #[test]
 fn mutual_tls_delivers_with_a_client_certificate_and_says_why_without_one() -> Result<()> {
     let pki = Pki::make()?;
-    let tls_port = free_port();
-    let broker = Broker::start_with(
-        &pki.listener(tls_port, "allow_anonymous true\nrequire_certificate true\n"),
-    )?;
+    let broker = Broker::start_with_ports(1, |p| {
+        pki.listener(p[0], "allow_anonymous true\nrequire_certificate true\n")
+    })?;
+    let tls_port = broker.ports[0];
     let sink = Collector::subscribe(broker.port, "edge/#")?;
     let device = Collector::subscribe(broker.port, "unused/#")?;
     let tls_url = format!("mqtts://127.0.0.1:{tls_port}");
@@ -366,8 +366,8 @@ fn mutual_tls_delivers_with_a_client_certificate_and_says_why_without_one() -> R
 fn a_broker_certificate_from_another_ca_is_named_in_status_and_the_agent_keeps_running(
 ) -> Result<()> {
     let pki = Pki::make()?;
-    let tls_port = free_port();
-    let broker = Broker::start_with(&pki.listener(tls_port, "allow_anonymous true\n"))?;
+    let broker = Broker::start_with_ports(1, |p| pki.listener(p[0], "allow_anonymous true\n"))?;
+    let tls_port = broker.ports[0];
     let device = Collector::subscribe(broker.port, "unused/#")?;
     let tls_url = format!("mqtts://127.0.0.1:{tls_port}");
     let mut agent = Agent::start(&config(
@@ -425,11 +425,14 @@ fn a_password_file_logs_in_to_the_site_and_central_and_the_password_never_shows(
         "mosquitto_passwd: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let auth_port = free_port();
-    let broker = Broker::start_with(&format!(
-        "listener {auth_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
-        passwd.display()
-    ))?;
+    let broker = Broker::start_with_ports(1, |p| {
+        format!(
+            "listener {} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            p[0],
+            passwd.display()
+        )
+    })?;
+    let auth_port = broker.ports[0];
     let sink = Collector::subscribe(broker.port, "edge/#")?;
     let device = Collector::subscribe(broker.port, "unused/#")?;
 
@@ -576,10 +579,10 @@ fn check_config_names_a_missing_ca_file_and_warns_about_a_key_readable_by_others
 fn config_push_reaches_a_mutual_tls_broker_and_says_which_flag_is_missing_without_a_certificate(
 ) -> Result<()> {
     let pki = Pki::make()?;
-    let tls_port = free_port();
-    let broker = Broker::start_with(
-        &pki.listener(tls_port, "allow_anonymous true\nrequire_certificate true\n"),
-    )?;
+    let broker = Broker::start_with_ports(1, |p| {
+        pki.listener(p[0], "allow_anonymous true\nrequire_certificate true\n")
+    })?;
+    let tls_port = broker.ports[0];
     let keys = tempfile::tempdir()?;
     let (key, _) = config_keygen(keys.path(), "central.key")?;
     let (doc, _) = config_sign(keys.path(), &key, 4, "[upstream]\nreplay_rate = 100\n")?;
@@ -630,10 +633,10 @@ fn version_1_client_certificates_made_as_in_mosquittos_manual_deliver_over_mutua
     let pki = Pki::make()?;
     pki.manual_client("manual-rsa", "edge-agent-rsa", ManualKey::Rsa)?;
     pki.manual_client("manual-ec", "edge-agent-ec", ManualKey::Ec)?;
-    let tls_port = free_port();
-    let broker = Broker::start_with(
-        &pki.listener(tls_port, "allow_anonymous true\nrequire_certificate true\n"),
-    )?;
+    let broker = Broker::start_with_ports(1, |p| {
+        pki.listener(p[0], "allow_anonymous true\nrequire_certificate true\n")
+    })?;
+    let tls_port = broker.ports[0];
     let sink = Collector::subscribe(broker.port, "edge/#")?;
     let device = Collector::subscribe(broker.port, "unused/#")?;
     let tls_url = format!("mqtts://127.0.0.1:{tls_port}");
