@@ -9,6 +9,10 @@
 //! Secrets (the password, the private key) are read when a connection is set up and reach no
 //! message: every error names the key and the file, never its contents, and [`Password`] does
 //! not print its value.
+//!
+//! A broker's keys come as a [`BrokerAccess`] (paths, never secrets), defined here: `config`
+//! builds it from its sections and validates with [`check_files`]; this module depends on
+//! nothing of `config`.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -23,7 +27,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
-use crate::config::BrokerAccess;
+/// How to reach one broker (`[upstream]` or a `[[sources.mqtt]]`): its URL and the TLS and
+/// credential keys, with the key that names them in messages. Holds paths, never secrets.
+#[derive(Debug, Clone)]
+pub struct BrokerAccess {
+    /// `upstream` or `sources.mqtt[N]`.
+    pub key: String,
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
 
 /// Why the TLS settings or credentials of a broker cannot be used. Each names its key.
 #[derive(Debug, thiserror::Error)]
@@ -576,6 +592,47 @@ pub fn exposure(path: &Path) -> Option<String> {
         "{} is readable by {who} (mode {mode:04o}); chmod 600 it",
         path.display()
     ))
+}
+
+/// What [`check_files`] found in the files one broker's keys name, each as (key, message).
+#[derive(Debug, Default)]
+pub struct FileChecks {
+    /// `ca_file`, `cert_file`, `key_file`: missing, unreadable, not PEM, not a pair, ...
+    pub tls: Vec<(String, String)>,
+    /// `password_file`: unreadable, or its first line empty.
+    pub password: Option<(String, String)>,
+    /// A key or password file readable by others than its owner.
+    pub warnings: Vec<(String, String)>,
+}
+
+/// Reads and parses every file `a` names, as a connection would: the TLS files only if `tls`
+/// (a `mqtts://` URL whose TLS keys all read), the password file if set; and warns about a
+/// `key_file` or `password_file` that others can read.
+pub fn check_files(a: &BrokerAccess, tls: bool) -> FileChecks {
+    let mut checks = FileChecks::default();
+    if tls {
+        if let Err(errors) = client_config(a) {
+            checks.tls = errors
+                .iter()
+                .map(|e| (e.key().to_string(), e.to_string()))
+                .collect();
+        }
+    }
+    if let Some(p) = &a.password_file {
+        let key = format!("{}.password_file", a.key);
+        if let Err(e) = read_password(&key, p) {
+            checks.password = Some((key, e.to_string()));
+        }
+    }
+    for (name, path) in [
+        ("key_file", &a.key_file),
+        ("password_file", &a.password_file),
+    ] {
+        if let Some(warning) = path.as_deref().and_then(exposure) {
+            checks.warnings.push((format!("{}.{name}", a.key), warning));
+        }
+    }
+    checks
 }
 
 /// What an MQTT client needs besides host and port, read fresh for one connection.

@@ -30,5 +30,5 @@ pub struct Pushed {
 }
 pub use merge::merge;
 pub use push::{push, set_topic, Target};
-pub use signed::{keygen, sign, valid_public_key, SignedDoc};
+pub use signed::{keygen, sign, SignedDoc};
 pub use state::path_for as state_path;

@@ -14,7 +14,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
-const KEY_PREFIX: &str = "ed25519:";
+use crate::config::PUBLIC_KEY_PREFIX as KEY_PREFIX;
+
 const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
 const PEM_END: &str = "-----END PRIVATE KEY-----";
 
@@ -154,13 +155,6 @@ impl SignedDoc {
     }
 }
 
-/// Whether `key` is written as `ed25519:BASE64` of 32 bytes.
-pub fn valid_public_key(key: &str) -> bool {
-    key.strip_prefix(KEY_PREFIX)
-        .and_then(|b| B64.decode(b).ok())
-        .is_some_and(|k| k.len() == 32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,7 +174,7 @@ mod tests {
         assert_eq!(mode, 0o600);
         let pub_text = std::fs::read_to_string(path.with_file_name("central.key.pub")).unwrap();
         assert_eq!(pub_text.trim(), public);
-        assert!(valid_public_key(&public), "{public}");
+        assert!(crate::config::valid_public_key(&public), "{public}");
         assert!(
             keygen(&path).is_err(),
             "an existing key is never overwritten"

@@ -1,0 +1,365 @@
+//! The configuration's types: one a section or list entry, each key with its meaning and
+//! default (docs/configuration.md).
+
+use std::path::PathBuf;
+
+use edge_protocol::Role;
+use serde::Deserialize;
+
+use super::defaults;
+use super::{ByteSize, DecoderConfig, Problem, Span};
+
+/// The whole agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub site: Site,
+    pub storage: Storage,
+    pub upstream: Upstream,
+    pub stations: Vec<Station>,
+    pub sources: Sources,
+    pub control: Control,
+    /// What is allowed but unwise (a private key readable by others, ...), each naming its key:
+    /// `check-config` prints them, `run` logs them once at start.
+    pub warnings: Vec<Problem>,
+    /// The document this was built from (file and environment overrides): a pushed
+    /// configuration replaces its operational sections (see `remote`).
+    pub tree: serde_json::Value,
+}
+
+/// `[site]`: who this agent is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// `[a-z0-9-]{1,64}`; part of every topic and event.
+    pub id: String,
+}
+
+/// What to do when the buffer reaches `storage.max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    /// Delete the oldest undelivered events to make room (each counted as dropped).
+    DropOldest,
+    /// Stop taking readings: MQTT devices are not acknowledged, serial readings are counted as dropped.
+    RejectNew,
+}
+
+/// `[storage]`: the redb buffer file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// The buffer file; default `$STATE_DIRECTORY/buffer.redb`, else `./data/buffer.redb`.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Capacity of the buffer file.
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: ByteSize,
+    /// `drop_oldest` or `reject_new`.
+    #[serde(default = "defaults::on_full")]
+    pub on_full: OnFull,
+    /// How long delivered events are kept for replay.
+    #[serde(default = "defaults::retain_delivered")]
+    pub retain_delivered: Span,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            path: None,
+            max_bytes: defaults::max_bytes(),
+            on_full: defaults::on_full(),
+            retain_delivered: defaults::retain_delivered(),
+        }
+    }
+}
+
+impl Storage {
+    /// The buffer file path with the documented default applied.
+    pub fn resolved_path(&self) -> PathBuf {
+        if let Some(p) = &self.path {
+            return p.clone();
+        }
+        match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may pass several directories separated by ':'; the first is ours.
+            Some(dirs) if !dirs.is_empty() => {
+                let first = dirs
+                    .to_string_lossy()
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                PathBuf::from(first).join("buffer.redb")
+            }
+            _ => PathBuf::from("./data/buffer.redb"),
+        }
+    }
+}
+
+/// Upstream event encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    Cbor,
+    Json,
+}
+
+/// `[upstream]`: the central ERP integration broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default 8883).
+    pub url: String,
+    /// First topic level of everything the agent publishes.
+    #[serde(default = "defaults::topic_prefix")]
+    pub topic_prefix: String,
+    /// `cbor` (default) or `json`.
+    #[serde(default = "defaults::format")]
+    pub format: Format,
+    /// Events published and not yet acknowledged (PUBACK) at most.
+    #[serde(default = "defaults::max_inflight")]
+    pub max_inflight: u16,
+    /// Events per second at most while draining a backlog.
+    #[serde(default = "defaults::replay_rate")]
+    pub replay_rate: u32,
+    /// MQTT client id; default `edge-agent-{site.id}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// MQTT keep-alive interval.
+    #[serde(default = "defaults::keep_alive")]
+    pub keep_alive: Span,
+    /// `mqtts://`: PEM file with the CA certificate(s) the broker's certificate chains to;
+    /// required for mqtts:// (the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt,
+    /// for a broker with a public certificate).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://`: PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// `mqtts://`: PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1); mode 0600.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// MQTT user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File whose first line is the MQTT password (read at each connection, never logged);
+    /// needs `username`; mode 0600.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `[[stations]]`: a place where devices are read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Station {
+    pub id: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    None,
+    Software,
+    Hardware,
+}
+
+/// `[[sources.serial]]`: a device on a serial port. The keys of its table that are not these
+/// are its decoder's (`decoder` and that decoder's settings, read by `decoders::read`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSource {
+    pub id: String,
+    /// Device path; `/dev/serial/by-id/…` names survive re-plugging.
+    pub path: PathBuf,
+    pub baud: u32,
+    #[serde(default = "defaults::data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "defaults::parity")]
+    pub parity: Parity,
+    #[serde(default = "defaults::stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default = "defaults::flow_control")]
+    pub flow_control: FlowControl,
+    /// The station this device belongs to.
+    #[serde(default)]
+    pub station: Option<String>,
+    /// `decoder = "NAME"` and that decoder's keys, read from the same table by
+    /// `decoders::read` (the loader sets it).
+    #[serde(skip)]
+    pub decoder: DecoderConfig,
+}
+
+/// `[[sources.mqtt]]`: devices that publish to the site's own broker. As for serial sources,
+/// the keys of its table that are not these are its decoder's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSource {
+    pub id: String,
+    /// The site broker, `mqtt://host[:port]` or `mqtts://host[:port]` (TLS).
+    pub url: String,
+    /// Topic filters subscribed with QoS 1.
+    pub topics: Vec<String>,
+    #[serde(default)]
+    pub station: Option<String>,
+    /// MQTT client id, stable so the broker keeps the session; default `edge-agent-{site.id}-{id}`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// MQTT 5 Receive Maximum: messages the broker may have unacknowledged with us at once.
+    #[serde(default = "defaults::receive_maximum")]
+    pub receive_maximum: u16,
+    /// `mqtts://`: PEM file with the CA certificate(s) the broker's certificate chains to;
+    /// required for mqtts:// (the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt,
+    /// for a broker with a public certificate).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://`: PEM client certificate (chain) for mutual TLS; needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// `mqtts://`: PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1); mode 0600.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// MQTT user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File whose first line is the MQTT password (read at each connection, never logged);
+    /// needs `username`; mode 0600.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// `decoder = "NAME"` and that decoder's keys, read from the same table by
+    /// `decoders::read` (the loader sets it).
+    #[serde(skip)]
+    pub decoder: DecoderConfig,
+}
+
+/// `[[sources.*.rules]]`: maps a JSON message or a delimited telegram to a canonical event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Field = value, all must match: a JSON pointer ("/type") or a column index ("0").
+    #[serde(default)]
+    pub when: std::collections::BTreeMap<String, serde_json::Value>,
+    /// shipment.sort, equipment.state, shipment.scan or inventory.scan.
+    pub kind: String,
+    /// Body field → JSON pointer or column index.
+    #[serde(default)]
+    pub fields: std::collections::BTreeMap<String, String>,
+    /// Body field → { raw value → canonical value }.
+    #[serde(default)]
+    pub values: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl RuleConfig {
+    /// The protocol rule, or every problem (keys relative to the rule).
+    pub fn build(&self) -> Result<edge_protocol::rules::Rule, Vec<String>> {
+        let when: Vec<(String, String)> = self
+            .when
+            .iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), text)
+            })
+            .collect();
+        edge_protocol::rules::Rule::from_config(
+            when.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &self.kind,
+            self.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            self.values.clone(),
+        )
+    }
+}
+
+/// `[sources]`.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub serial: Vec<SerialSource>,
+    pub mqtt: Vec<MqttSource>,
+}
+
+/// `[control]`: the local control socket and remote configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Control {
+    /// Unix socket for `edge-agent status` and `replay`; default
+    /// `$RUNTIME_DIRECTORY/control.sock`, else `/run/edge-agent/control.sock`.
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
+    /// Public keys allowed to sign pushed configuration (`ed25519:BASE64`).
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// How long new sources have to open after a push before it is rolled back.
+    #[serde(default = "defaults::confirm_timeout")]
+    pub confirm_timeout: Span,
+    /// How often the retained status is published.
+    #[serde(default = "defaults::status_interval")]
+    pub status_interval: Span,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control {
+            socket: None,
+            trusted_keys: Vec::new(),
+            confirm_timeout: defaults::confirm_timeout(),
+            status_interval: defaults::status_interval(),
+        }
+    }
+}
+
+impl Control {
+    /// The control socket path with the documented default applied.
+    pub fn resolved_socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(default_socket)
+    }
+}
+
+/// The control socket used when none is configured.
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("RUNTIME_DIRECTORY") {
+        Some(dirs) if !dirs.is_empty() => {
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            PathBuf::from(first).join("control.sock")
+        }
+        _ => PathBuf::from("/run/edge-agent/control.sock"),
+    }
+}
+
+impl MqttSource {
+    /// The MQTT client id: `client_id`, else `edge-agent-{site}-{id}` (stable, so the broker
+    /// keeps the session).
+    pub fn effective_client_id(&self, site: &str) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-agent-{site}-{}", self.id))
+    }
+}
+
+impl Config {
+    /// The station a source belongs to.
+    pub fn station(&self, id: Option<&str>) -> Option<&Station> {
+        id.and_then(|id| self.stations.iter().find(|s| s.id == id))
+    }
+
+    /// The upstream MQTT client id.
+    pub fn upstream_client_id(&self) -> String {
+        self.upstream
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-agent-{}", self.site.id))
+    }
+}
