@@ -50,8 +50,8 @@ decoder = "barcode"
         "sources.serial[0].decoder: \"nope\" is not a decoder; use one of barcode, scale.mt_sics,",
         "sources.serial[0].baud: 12345 is not a standard rate",
         "sources.serial[0].station: \"pack-09\" is not a station",
-        "sources.serial[1].bogus: unknown key `bogus`; known keys are id, path, baud,",
-        "sources.serial[1].colour: unknown key `colour`; known keys are id, path, baud,",
+        "sources.serial[1].bogus: unknown key `bogus`; the source's keys are id, path, baud,",
+        "sources.serial[1].colour: unknown key `colour`; the source's keys are id, path, baud,",
         "sources.mqtt[0].id: \"scanner-2\" is used by another source",
     ];
     for w in want {

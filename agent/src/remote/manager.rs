@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{self, Fate, Last, State};
-use super::{merge, SignedDoc};
+use super::{merge, Rejection, SignedDoc};
 use crate::config::Config;
 use crate::status::{SourceState, StatusBoard};
 
@@ -59,7 +59,11 @@ pub fn startup(file: &Config, state_path: &std::path::Path) -> Start {
     let mut config = file.clone();
     let mut version = None;
     if let Some(good) = &state.good {
-        match good.verify(&file.control.trusted_keys).and_then(|()| merge(file, &good.toml)) {
+        let checked = good
+            .verify(&file.control.trusted_keys)
+            .map_err(Rejection::from)
+            .and_then(|()| merge(file, &good.toml).map_err(Rejection::from));
+        match checked {
             Ok(c) => {
                 tracing::info!("running pushed configuration version {}", good.version);
                 config = c;
@@ -126,27 +130,27 @@ impl Manager {
             return self.report(Some(doc.version), Fate::RolledBack, &why);
         }
         if let Err(why) = doc.verify(&self.file.control.trusted_keys) {
+            let why = why.to_string();
             self.record(doc.clone(), Fate::Rejected, &why, 0).await;
             return self.report(Some(doc.version), Fate::Rejected, &why);
         }
         match merge(&self.file, &doc.toml) {
             Ok(config) => self.apply(doc, config, resumed + 1).await,
-            Err(why) => self.reject(doc, why).await,
+            Err(why) => self.reject(doc, why.into()).await,
         }
     }
 
     async fn receive(&mut self, pushed: &super::Pushed) {
         if pushed.bytes.len() > super::MAX_DOCUMENT {
-            let why = format!(
-                "the document is {} bytes, above the {} bytes a pushed configuration may have; push only the operational sections",
-                pushed.bytes.len(),
-                super::MAX_DOCUMENT
-            );
-            return self.report(None, Fate::Rejected, &why);
+            let why = Rejection::TooLarge {
+                bytes: pushed.bytes.len(),
+                limit: super::MAX_DOCUMENT,
+            };
+            return self.report(None, Fate::Rejected, &why.to_string());
         }
         let doc = match SignedDoc::parse(&pushed.bytes) {
             Ok(d) => d,
-            Err(why) => return self.report(None, Fate::Rejected, &why),
+            Err(why) => return self.report(None, Fate::Rejected, &why.to_string()),
         };
         let seen = self.state.last.as_ref().is_some_and(|l| l.doc == doc)
             || self.state.good.as_ref() == Some(&doc);
@@ -158,11 +162,10 @@ impl Manager {
         if seen && self.state.good.as_ref() == Some(&doc) {
             // Published again: it is not above the version applied, so it is rejected, and
             // the version applied stays in effect (nothing is recorded).
-            let why = format!(
-                "version {} is already applied and stays in effect; to change the configuration, sign it with a higher --version",
-                doc.version
-            );
-            return self.report(Some(doc.version), Fate::Rejected, &why);
+            let why = Rejection::AlreadyApplied {
+                version: doc.version,
+            };
+            return self.report(Some(doc.version), Fate::Rejected, &why.to_string());
         }
         if seen {
             tracing::debug!("configuration version {} already handled", doc.version);
@@ -170,19 +173,19 @@ impl Manager {
         }
         // Not recorded: an unverified document must not move the version forward.
         if let Err(why) = doc.verify(&self.file.control.trusted_keys) {
-            return self.report(Some(doc.version), Fate::Rejected, &why);
+            return self.report(Some(doc.version), Fate::Rejected, &why.to_string());
         }
         let applied = self.state.applied_version();
         if doc.version <= applied {
-            let why = format!(
-                "version {} is not above {applied}, the version applied; sign it with a higher --version",
-                doc.version
-            );
+            let why = Rejection::NotAbove {
+                version: doc.version,
+                applied,
+            };
             return self.reject(doc, why).await;
         }
         match merge(&self.file, &doc.toml) {
             Ok(config) => self.apply(doc, config, 0).await,
-            Err(why) => self.reject(doc, why).await,
+            Err(why) => self.reject(doc, why.into()).await,
         }
     }
 
@@ -275,8 +278,9 @@ impl Manager {
         }
     }
 
-    async fn reject(&mut self, doc: SignedDoc, why: String) {
+    async fn reject(&mut self, doc: SignedDoc, why: Rejection) {
         let version = doc.version;
+        let why = why.to_string();
         self.record(doc, Fate::Rejected, &why, 0).await;
         self.report(Some(version), Fate::Rejected, &why);
     }
@@ -292,7 +296,8 @@ impl Manager {
         // fsync'd: off the async workers.
         let saved = tokio::task::spawn_blocking(move || state::save(&path, &state))
             .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(why) = saved {
             tracing::error!(
                 "saving pushed configuration state: {why}; check the storage directory"

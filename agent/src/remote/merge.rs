@@ -9,6 +9,7 @@
 
 use serde_json::Value;
 
+use super::error::MergeError;
 use crate::config::{self, Config};
 
 /// The upstream keys a document may set.
@@ -16,14 +17,14 @@ const UPSTREAM_KEYS: [&str; 2] = ["replay_rate", "max_inflight"];
 
 /// The configuration `doc_toml` makes of `local` (the file's), validated like `check-config`;
 /// Err is the reason, for the config/status topic and the log.
-pub fn merge(local: &Config, doc_toml: &str) -> Result<Config, String> {
-    let doc = config::toml_tree(doc_toml, "pushed configuration")?;
+pub fn merge(local: &Config, doc_toml: &str) -> Result<Config, MergeError> {
+    let doc = config::toml_tree(doc_toml, "pushed configuration").map_err(MergeError::NotToml)?;
     let Value::Object(doc) = doc else {
-        return Err("the pushed configuration is not a TOML table".into());
+        return Err(MergeError::NotATable);
     };
     let mut tree = local.tree.clone();
     let Value::Object(top) = &mut tree else {
-        return Err("the local configuration is not a table".into());
+        return Err(MergeError::LocalNotATable);
     };
     let mut local_keys = Vec::new();
     let mut stations = Value::Array(Vec::new());
@@ -34,7 +35,7 @@ pub fn merge(local: &Config, doc_toml: &str) -> Result<Config, String> {
             "sources" => sources = value,
             "upstream" => {
                 let Value::Object(up) = value else {
-                    return Err("upstream must be a table".into());
+                    return Err(MergeError::UpstreamNotATable);
                 };
                 for (k, v) in up {
                     if UPSTREAM_KEYS.contains(&k.as_str()) {
@@ -50,14 +51,11 @@ pub fn merge(local: &Config, doc_toml: &str) -> Result<Config, String> {
         }
     }
     if !local_keys.is_empty() {
-        return Err(format!(
-            "sets {}, which stay local to the site (a pushed configuration may set only [[stations]], [[sources.*]] and upstream.replay_rate / max_inflight)",
-            local_keys.join(", ")
-        ));
+        return Err(MergeError::LocalKeys(local_keys));
     }
     top.insert("stations".into(), stations);
     top.insert("sources".into(), sources);
-    config::from_value(tree).map_err(|p| format!("invalid configuration:\n{p}"))
+    config::from_value(tree).map_err(MergeError::Invalid)
 }
 
 #[cfg(test)]
@@ -125,7 +123,8 @@ station = "recv-01"
             &local(),
             "[site]\nid = \"other\"\n[upstream]\nurl = \"mqtt://evil:1883\"\n[control]\ntrusted_keys = []\n",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         for key in ["site", "upstream.url", "control"] {
             assert!(err.contains(key), "{key} not named in: {err}");
         }
@@ -138,6 +137,8 @@ station = "recv-01"
             "[[sources.mqtt]]\nid = \"x\"\nurl = \"ftp://nope\"\ntopics = []\ndecoder = \"barcode\"\nstation = \"missing\"\n",
         )
         .unwrap_err();
+        assert!(matches!(err, MergeError::Invalid(_)), "{err}");
+        let err = err.to_string();
         assert!(err.starts_with("invalid configuration:"), "{err}");
         assert!(err.contains("sources.mqtt[0].url"), "{err}");
         assert!(err.contains("sources.mqtt[0].station"), "{err}");

@@ -8,12 +8,14 @@
 //! - `state`: what the agent remembers (last known good, last received), beside the buffer.
 //! - `manager`: the running task: check, switch, confirm, roll back, report.
 
+mod error;
 mod manager;
 mod merge;
 mod push;
 mod signed;
 mod state;
 
+pub use error::{DocumentError, MergeError, Rejection, StateError};
 pub use manager::{startup, Manager, Start, Switch};
 
 /// A signed document above this many bytes is refused by `config push` and rejected by the

@@ -53,7 +53,7 @@ pub async fn push(target: &Target, doc: &[u8]) -> Result<String, String> {
             super::MAX_DOCUMENT
         ));
     }
-    let parsed = SignedDoc::parse(doc)?;
+    let parsed = SignedDoc::parse(doc).map_err(|e| e.to_string())?;
     let addr = parse_mqtt_url(&target.url)?;
     let access = BrokerAccess {
         key: KEY.into(),

@@ -14,6 +14,8 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
+use super::error::DocumentError;
+
 use crate::config::PUBLIC_KEY_PREFIX as KEY_PREFIX;
 
 const PEM_BEGIN: &str = "-----BEGIN PRIVATE KEY-----";
@@ -120,37 +122,31 @@ pub fn sign(key_path: &Path, version: u64, toml: &str) -> Result<SignedDoc, Stri
 
 impl SignedDoc {
     /// Parses a pushed document.
-    pub fn parse(bytes: &[u8]) -> Result<SignedDoc, String> {
-        serde_json::from_slice(bytes).map_err(|e| {
-            format!(
-                "not a signed configuration document ({e}); make one with `edge-agent config sign`"
-            )
-        })
+    pub fn parse(bytes: &[u8]) -> Result<SignedDoc, DocumentError> {
+        serde_json::from_slice(bytes).map_err(DocumentError::NotADocument)
     }
 
     /// Checks that a key in `trusted` signed this document.
-    pub fn verify(&self, trusted: &[String]) -> Result<(), String> {
+    pub fn verify(&self, trusted: &[String]) -> Result<(), DocumentError> {
         if !trusted.iter().any(|k| k.trim() == self.key) {
-            return Err(format!(
-                "signed by {}, which is not in control.trusted_keys",
-                self.key
-            ));
+            return Err(DocumentError::Untrusted {
+                key: self.key.clone(),
+            });
         }
         let public = self
             .key
             .strip_prefix(KEY_PREFIX)
             .and_then(|b| B64.decode(b).ok())
-            .ok_or_else(|| format!("key {:?} is not ed25519:BASE64", self.key))?;
+            .ok_or_else(|| DocumentError::BadKey {
+                key: self.key.clone(),
+            })?;
         let signature = B64
             .decode(&self.signature)
-            .map_err(|_| "the signature is not base64".to_string())?;
+            .map_err(|_| DocumentError::SignatureNotBase64)?;
         UnparsedPublicKey::new(&ED25519, public)
             .verify(&message(self.version, &self.toml), &signature)
-            .map_err(|_| {
-                format!(
-                    "the signature does not match version {} and its text (altered after signing?)",
-                    self.version
-                )
+            .map_err(|_| DocumentError::SignatureMismatch {
+                version: self.version,
             })
     }
 }
@@ -193,15 +189,18 @@ mod tests {
 
         let mut text = doc.clone();
         text.toml.push(' ');
-        assert!(text
-            .verify(&trusted)
-            .unwrap_err()
-            .contains("does not match"));
+        assert!(matches!(
+            text.verify(&trusted),
+            Err(DocumentError::SignatureMismatch { version: 7 })
+        ));
         let mut version = doc.clone();
         version.version = 8;
         assert!(version.verify(&trusted).is_err());
         let err = doc.verify(&["ed25519:AAAA".into()]).unwrap_err();
-        assert!(err.contains("not in control.trusted_keys"), "{err}");
+        assert!(
+            err.to_string().contains("not in control.trusted_keys"),
+            "{err}"
+        );
 
         // Another key, claiming to be the trusted one.
         let (_d2, other, _) = key();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::error::StateError;
 use super::SignedDoc;
 
 /// What became of a document.
@@ -64,24 +65,27 @@ pub fn path_for(storage: &Path) -> PathBuf {
 }
 
 /// Reads the state; a missing file is the empty state.
-pub fn load(path: &Path) -> Result<State, String> {
+pub fn load(path: &Path) -> Result<State, StateError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            format!(
-                "{}: {e}; remove it to forget pushed configuration",
-                path.display()
-            )
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| StateError::Unreadable {
+            path: path.to_path_buf(),
+            source,
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
 /// Replaces the state file atomically and durably.
-pub fn save(path: &Path, state: &State) -> Result<(), String> {
-    let what = |e: std::io::Error| format!("{}: {e}", path.display());
-    let bytes = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-    crate::state_file::replace(path, &bytes).map_err(what)
+pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(StateError::Encode)?;
+    crate::state_file::replace(path, &bytes).map_err(|source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
