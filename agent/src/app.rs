@@ -1,4 +1,5 @@
-//! Wires the stages together and runs them until SIGTERM/SIGINT.
+//! Wires the stages together and runs them until SIGTERM/SIGINT, then stops them in order
+//! against one deadline (see `shutdown`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,19 +12,20 @@ use crate::config::Config;
 use crate::control::socket;
 use crate::normalize::SharedCorrelator;
 use crate::remote;
+use crate::shutdown::{Deadline, Joined, Shutdown, Task, Unclean, REPORT_GRACE, STOP_DEADLINE};
 use crate::sources::{build, ids, SourceContext};
 use crate::status::StatusBoard;
-use crate::upstream::{Limits, Upstream, DRAIN_DEADLINE};
+use crate::upstream::{Limits, Upstream};
 
-/// Sources get this long to stop after the shutdown signal.
-const SOURCES_DEADLINE: Duration = Duration::from_secs(3);
-/// The writer gets this long to commit what is queued. The sum of the deadlines (13 s) stays
-/// under the unit's TimeoutStopSec.
-const WRITER_DEADLINE: Duration = Duration::from_secs(5);
+/// Sources replaced by a pushed configuration get this long to stop (the agent goes on
+/// running); one that does not is aborted, so that its successor does not share its port or
+/// client id.
+const SWITCH_DEADLINE: Duration = Duration::from_secs(3);
 
-/// A fatal error while starting.
+/// Why `run` failed: at start (exit 1, or 64 for a bad configuration, found before `run`), or
+/// at the stop (exit 1: a stage missed the deadline or readings were abandoned).
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum RunError {
     #[error(transparent)]
     Buffer(#[from] crate::buffer::StoreError),
     #[error("control socket {path}: {source}; check the directory's permissions (RuntimeDirectory=) or set control.socket")]
@@ -31,12 +33,16 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// The stop was not clean: names the stages that missed the deadline and what was
+    /// abandoned.
+    #[error(transparent)]
+    Unclean(#[from] Unclean),
 }
 
 /// One running source.
 struct Running {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+    task: Task<()>,
     /// Its configuration and its station's: a switch restarts it only if this changes.
     fingerprint: serde_json::Value,
 }
@@ -87,7 +93,7 @@ impl SourceSet {
         config: Arc<Config>,
         writer: &WriterHandle,
         status: &Arc<StatusBoard>,
-        shutdown: &CancellationToken,
+        shutdown: &Shutdown,
     ) -> Vec<String> {
         let want = fingerprints(&config);
         let stale: Vec<String> = self
@@ -100,7 +106,15 @@ impl SourceSet {
             .iter()
             .filter_map(|id| self.running.remove(id))
             .collect();
-        stop_all(stopping).await;
+        for mut late in stop_all(stopping, &Deadline::after(SWITCH_DEADLINE)).await {
+            // Its successor must not share its port or client id with it.
+            tracing::warn!(
+                "{} did not stop within {SWITCH_DEADLINE:?}; aborted",
+                late.name()
+            );
+            late.abort();
+            let _ = late.join_by(&Deadline::after(SWITCH_DEADLINE)).await;
+        }
         let new: Vec<String> = ids(&config)
             .into_iter()
             .filter(|id| !self.running.contains_key(id))
@@ -111,7 +125,7 @@ impl SourceSet {
         );
         let mut started = Vec::new();
         for id in new {
-            let stop = shutdown.child_token();
+            let stop = shutdown.token().child_token();
             let ctx = SourceContext {
                 config: config.clone(),
                 correlator: self.correlator.clone(),
@@ -128,7 +142,7 @@ impl SourceSet {
                 id.clone(),
                 Running {
                     stop,
-                    task: tokio::spawn(task),
+                    task: shutdown.spawn(format!("source {id}"), task),
                     fingerprint,
                 },
             );
@@ -137,34 +151,34 @@ impl SourceSet {
         started
     }
 
-    async fn stop(self) {
-        stop_all(self.running.into_values().collect()).await;
+    /// Stops every source; returns those still running at `deadline`.
+    async fn stop(self, deadline: &Deadline) -> Vec<Task<()>> {
+        stop_all(self.running.into_values().collect(), deadline).await
     }
 }
 
-/// Stops sources and waits (bounded) for each to finish.
-async fn stop_all(sources: Vec<Running>) {
+/// Stops sources and waits for each until `deadline`; returns those still running.
+async fn stop_all(sources: Vec<Running>, deadline: &Deadline) -> Vec<Task<()>> {
     for s in &sources {
         s.stop.cancel();
     }
-    let deadline = tokio::time::Instant::now() + SOURCES_DEADLINE;
+    let mut late = Vec::new();
     for mut s in sources {
-        if tokio::time::timeout_at(deadline, &mut s.task)
-            .await
-            .is_err()
-        {
-            // Its successor must not share its port or client id with it.
-            tracing::warn!("a source did not stop within {SOURCES_DEADLINE:?}; aborted");
-            s.task.abort();
-            let _ = s.task.await;
+        if let Joined::Running = s.task.join_by(deadline).await {
+            late.push(s.task);
         }
     }
+    late
 }
 
-/// Runs the agent until `shutdown` is cancelled; returns after an orderly stop. `file` is the
+/// Runs the agent until `shutdown` is cancelled, then stops it: sources first, then upstream
+/// waits for the PUBACKs of what is in flight, then the buffer writer commits what is queued,
+/// all within `STOP_DEADLINE`. Returns `Ok` after a clean stop, and `RunError::Unclean` naming
+/// what missed the deadline and how many readings were not stored otherwise. `file` is the
 /// configuration file's; a pushed configuration (see `remote`) may replace its operational
 /// sections.
-pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let shutdown = Shutdown::new(shutdown);
     let file = Arc::new(file);
     let path = file.storage.resolved_path();
     let state_path = remote::state_path(&path);
@@ -190,6 +204,7 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
     );
 
     // The writer outlives the other stages: it stops only when they dropped their handles.
+    // `writer_cancel` (at the deadline) makes it give up a commit that keeps failing.
     let writer_cancel = CancellationToken::new();
     let (writer, writer_done) = spawn_writer(
         store.clone(),
@@ -199,9 +214,10 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
         status.clone(),
         writer_cancel.clone(),
     )?;
+    let mut writer_task = shutdown.spawn("buffer writer", writer_done);
 
     let socket_path = config.control.resolved_socket();
-    let listener = socket::bind(&socket_path).map_err(|source| StartError::Socket {
+    let listener = socket::bind(&socket_path).map_err(|source| RunError::Socket {
         path: socket_path.clone(),
         source,
     })?;
@@ -210,22 +226,28 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
     let (config_set_tx, config_set_rx) = tokio::sync::watch::channel(None);
     let (config_status_tx, config_status_rx) = tokio::sync::mpsc::channel(16);
     let (switch_tx, mut switch_rx) = tokio::sync::mpsc::channel::<remote::Switch>(1);
-    let control = tokio::spawn(socket::serve(
-        listener,
-        socket_path,
-        store.clone(),
-        status.clone(),
-        replay_tx,
-        shutdown.clone(),
-    ));
+    let mut control = shutdown.spawn(
+        "control socket",
+        socket::serve(
+            listener,
+            socket_path,
+            store.clone(),
+            status.clone(),
+            replay_tx,
+            shutdown.clone(),
+        ),
+    );
 
-    let upstream = tokio::spawn(
+    // Upstream stops after the sources, so that it still sends what they commit as they stop.
+    let upstream_stop = CancellationToken::new();
+    let mut upstream = shutdown.spawn(
+        "upstream",
         Upstream {
             config: config.clone(),
             store: store.clone(),
             writer: writer.clone(),
             status: status.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: upstream_stop.clone(),
             replays: replay_rx,
             limits: limits_rx,
             config_set: config_set_tx,
@@ -240,7 +262,8 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
     sources
         .switch(config.clone(), &writer, &status, &shutdown)
         .await;
-    let remote = tokio::spawn(
+    let mut remote = shutdown.spawn(
+        "remote configuration",
         remote::Manager {
             file: file.clone(),
             state_path,
@@ -249,20 +272,23 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
             switch: switch_tx,
             inbox: config_set_rx,
             outbox: config_status_tx,
-            shutdown: shutdown.clone(),
+            shutdown: shutdown.token().clone(),
         }
         .run(start.resume),
     );
 
     let notifier = std::sync::Arc::new(crate::systemd::Notifier::from_env());
     notifier.notify("READY=1");
-    let supervisor = tokio::spawn(crate::systemd::supervise(
-        notifier.clone(),
-        writer.clone(),
-        store.clone(),
-        status.clone(),
-        shutdown.clone(),
-    ));
+    let mut supervisor = shutdown.spawn(
+        "systemd notifier",
+        crate::systemd::supervise(
+            notifier.clone(),
+            writer.clone(),
+            store.clone(),
+            status.clone(),
+            shutdown.token().clone(),
+        ),
+    );
     tracing::info!(
         "edge-agent running: site {}, {} sources",
         config.site.id,
@@ -283,28 +309,75 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), StartE
             }
         }
     }
+    // One deadline for the whole stop, from the signal.
+    let deadline = Deadline::after(STOP_DEADLINE);
     // A switch still queued is dropped: the remote task sees the agent stopping.
     drop(switch_rx);
     drop(writer);
     notifier.notify("STOPPING=1");
-    let _ = supervisor.await;
-    tracing::info!("stopping: sources first, then in-flight upstream events, then the buffer");
-    sources.stop().await;
-    let _ = remote.await;
-    if tokio::time::timeout(DRAIN_DEADLINE + Duration::from_secs(1), upstream)
-        .await
-        .is_err()
-    {
-        tracing::warn!("upstream did not stop within {DRAIN_DEADLINE:?}");
-    }
-    let _ = control.await;
-    if tokio::time::timeout(WRITER_DEADLINE, writer_done)
-        .await
-        .is_err()
-    {
+    tracing::info!(
+        "stopping: sources first, then in-flight upstream events, then the buffer (within {STOP_DEADLINE:?})"
+    );
+    let mut unclean = Unclean::default();
+    let failed = &mut unclean.failed;
+    join_stage(&mut supervisor, &deadline, failed).await;
+    let late_sources = sources.stop(&deadline).await;
+    join_stage(&mut remote, &deadline, failed).await;
+    upstream_stop.cancel();
+    join_stage(&mut upstream, &deadline, failed).await;
+    join_stage(&mut control, &deadline, failed).await;
+    // The writer ends once every other stage dropped its handle and the queue is committed.
+    let mut abandoned = match writer_task.join_by(&deadline).await {
+        Joined::Done(Ok(n)) => Some(n),
+        Joined::Done(Err(e)) => {
+            tracing::error!("buffer writer failed: {e}");
+            unclean.failed.push(writer_task.name().to_string());
+            Some(0)
+        }
+        Joined::Failed => {
+            unclean.failed.push(writer_task.name().to_string());
+            Some(0)
+        }
+        Joined::Running => None,
+    };
+    // Control socket clients, and anything else spawned on the tracker.
+    if let Err(missed) = shutdown.wait_by(&deadline).await {
+        tracing::error!("shutdown: {missed}; cancelling what is left");
+        unclean.missed = Some(missed);
+        // Aborted, a stage drops its writer handle; cancelled, the writer gives up a commit
+        // that keeps failing and says how many readings it could not store.
+        upstream_stop.cancel();
         writer_cancel.cancel();
-        tracing::warn!("buffer writer did not finish within {WRITER_DEADLINE:?}");
+        for t in &late_sources {
+            t.abort();
+        }
+        for t in [&supervisor, &remote, &upstream, &control] {
+            t.abort();
+        }
+        if abandoned.is_none() {
+            let grace = Deadline::after(REPORT_GRACE);
+            match writer_task.join_by(&grace).await {
+                Joined::Done(Ok(n)) => abandoned = Some(n),
+                Joined::Done(Err(e)) => tracing::error!("buffer writer failed: {e}"),
+                Joined::Failed => {}
+                Joined::Running => tracing::error!(
+                    "buffer writer did not give up within {REPORT_GRACE:?} of being cancelled (stuck in a storage call?); readings it held may not be stored"
+                ),
+            }
+        }
     }
-    tracing::info!("stopped");
-    Ok(())
+    unclean.abandoned = abandoned.unwrap_or(0);
+    if unclean.is_clean() {
+        tracing::info!("stopped");
+        Ok(())
+    } else {
+        Err(unclean.into())
+    }
+}
+
+/// Waits for a stage until `deadline`, noting it in `failed` if it panicked.
+async fn join_stage(task: &mut Task<()>, deadline: &Deadline, failed: &mut Vec<String>) {
+    if let Joined::Failed = task.join_by(deadline).await {
+        failed.push(task.name().to_string());
+    }
 }

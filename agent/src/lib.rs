@@ -2,7 +2,8 @@
 //!
 //! The pipeline, one module a stage: `sources` read devices, `normalize` turns readings into
 //! canonical bodies, `buffer` commits them to redb, `upstream` publishes and deletes on PUBACK,
-//! `control` answers operators. `app` wires them; `main.rs` only parses the command line.
+//! `control` answers operators. `app` wires them, `shutdown` stops them within one deadline;
+//! `main.rs` only parses the command line.
 
 pub mod app;
 pub mod backoff;
@@ -12,6 +13,7 @@ pub mod control;
 pub mod demo;
 pub mod normalize;
 pub mod remote;
+pub mod shutdown;
 pub mod sources;
 pub mod state_file;
 pub mod status;

@@ -1,6 +1,9 @@
 //! The `edge-agent` binary: parses the command line, loads configuration, runs a command and
 //! maps the outcome to an exit code (0 ok, 2 check-config found problems, 64 bad
-//! configuration for `run`, 1 any other failure).
+//! configuration for `run`, 1 any other failure). For `run`, 0 is a clean stop after
+//! SIGTERM/SIGINT; a stop that abandoned readings (the buffer could not be written until the
+//! deadline) or in which a stage did not stop within the deadline exits 1, with a log line
+//! naming them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 const EXIT_BAD_CONFIG: u8 = 64;
 const EXIT_CHECK_FAILED: u8 = 2;
+/// `run` stopped, but not cleanly: readings were abandoned or a stage missed the deadline.
+const EXIT_UNCLEAN_STOP: u8 = 1;
+/// After `run` returned, tasks still running (only after an unclean stop) get this long before
+/// the process exits: the stop stays within the unit's TimeoutStopSec.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Parser)]
 #[command(name = "edge-agent", version = None, disable_version_flag = true, about = "Warehouse edge agent: device readings to canonical events, stored durably first")]
@@ -290,17 +298,25 @@ fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(signals(shutdown.clone()));
         match edge_agent::app::run(cfg, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e @ edge_agent::app::RunError::Unclean(_)) => {
+                tracing::error!("{e}");
+                ExitCode::from(EXIT_UNCLEAN_STOP)
+            }
             Err(e) => {
                 tracing::error!("{e}");
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Dropping the runtime would wait for blocking tasks without end (a writer stuck in a
+    // storage call): bounded instead.
+    rt.shutdown_timeout(EXIT_WAIT);
+    code
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

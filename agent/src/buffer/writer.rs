@@ -213,7 +213,8 @@ impl WriterHandle {
 }
 
 /// Starts the writer on a blocking thread. It runs until every `WriterHandle` is dropped and
-/// the queue is drained; `cancel` only stops retrying a commit that keeps failing.
+/// the queue is drained; `cancel` only stops retrying a commit that keeps failing. The join
+/// handle yields how many readings were given up that way (0: everything queued was stored).
 pub fn spawn_writer(
     store: Store,
     site: Arc<str>,
@@ -221,7 +222,7 @@ pub fn spawn_writer(
     capacity: Capacity,
     status: Arc<StatusBoard>,
     cancel: CancellationToken,
-) -> Result<(WriterHandle, tokio::task::JoinHandle<()>), super::StoreError> {
+) -> Result<(WriterHandle, tokio::task::JoinHandle<u64>), super::StoreError> {
     let next_seq = store.next_seq()?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let (acks_tx, acks_rx) = mpsc::unbounded_channel();
@@ -252,6 +253,7 @@ pub fn spawn_writer(
         last_prune: Instant::now(),
         episode: None,
         own: Vec::new(),
+        abandoned: 0,
     };
     let join = tokio::task::spawn_blocking(move || writer.run(rx, acks_rx));
     Ok((
@@ -280,10 +282,16 @@ struct Writer {
     episode: Option<Episode>,
     /// The agent's own events (drop reports) for the next commit.
     own: Vec<Reading>,
+    /// Readings given up because `cancel` came while their commit kept failing.
+    abandoned: u64,
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Command>, mut acks: mpsc::UnboundedReceiver<Settle>) {
+    fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut acks: mpsc::UnboundedReceiver<Settle>,
+    ) -> u64 {
         let max_group = self.capacity.max_group();
         let mut group = Vec::with_capacity(max_group);
         while let Some(first) = rx.blocking_recv() {
@@ -307,7 +315,10 @@ impl Writer {
                 self.prune();
             }
         }
-        tracing::debug!("buffer writer stopped; every queued reading was committed");
+        if self.abandoned == 0 {
+            tracing::debug!("buffer writer stopped; every queued reading was committed");
+        }
+        self.abandoned
     }
 
     fn commit_group(&mut self, group: &mut Vec<Command>) {
@@ -421,9 +432,15 @@ impl Writer {
                             "shutting down while the buffer cannot be written: {} readings were not stored",
                             rows.len()
                         );
+                        self.abandoned += rows.len() as u64;
                         return;
                     }
-                    std::thread::sleep(backoff);
+                    // In slices, so that a cancel is seen within 50 ms, not after up to 5 s.
+                    let until = Instant::now() + backoff;
+                    while !self.cancel.is_cancelled() && Instant::now() < until {
+                        let left = until.saturating_duration_since(Instant::now());
+                        std::thread::sleep(left.min(Duration::from_millis(50)));
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     // redb takes no more transactions after an I/O error until reopened.
                     self.liveness.enter();
@@ -623,10 +640,7 @@ mod tests {
             station: None,
             role: None,
             observed_ms: now_ms(),
-            body: Body::exception(
-                edge_protocol::event::ExceptionReason::Undecodable,
-                "large",
-            ),
+            body: Body::exception(edge_protocol::event::ExceptionReason::Undecodable, "large"),
             raw,
         }
     }
@@ -687,6 +701,11 @@ mod tests {
         assert!(writer.retrying_not_stuck(Duration::from_secs(5)));
         cancel.cancel();
         drop(writer);
-        let _ = tokio::time::timeout(Duration::from_secs(10), join).await;
+        // Cancelled while the disk is still full: the writer says how many it gave up.
+        let abandoned = tokio::time::timeout(Duration::from_secs(10), join).await;
+        assert!(
+            matches!(abandoned, Ok(Ok(n)) if n == queued as u64),
+            "{abandoned:?}, {queued} queued"
+        );
     }
 }
