@@ -233,9 +233,28 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
             socket_path,
             store.clone(),
             status.clone(),
-            replay_tx,
+            replay_tx.clone(),
             shutdown.clone(),
         ),
+    );
+
+    // The control plane on the upstream connection: status, cmd/replay, config/set and
+    // config/status (see control::plane).
+    let (link, heard, say) = crate::control::plane::channels(&config);
+    let mut plane = shutdown.spawn(
+        "control plane",
+        crate::control::plane::Plane {
+            config: config.clone(),
+            store: store.clone(),
+            status: status.clone(),
+            heard,
+            say,
+            replays: replay_tx,
+            config_set: config_set_tx,
+            config_status: config_status_rx,
+            shutdown: shutdown.token().clone(),
+        }
+        .run(),
     );
 
     // Upstream stops after the sources, so that it still sends what they commit as they stop.
@@ -250,9 +269,7 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
             shutdown: upstream_stop.clone(),
             replays: replay_rx,
             limits: limits_rx,
-            config_set: config_set_tx,
-            config_status: config_status_rx,
-            last_config_status: Default::default(),
+            link,
             oversized: Default::default(),
         }
         .run(),
@@ -326,6 +343,7 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
     upstream_stop.cancel();
     join_stage(&mut upstream, &deadline, failed).await;
     join_stage(&mut control, &deadline, failed).await;
+    join_stage(&mut plane, &deadline, failed).await;
     // The writer ends once every other stage dropped its handle and the queue is committed.
     let mut abandoned = match writer_task.join_by(&deadline).await {
         Joined::Done(Ok(n)) => Some(n),
@@ -351,7 +369,7 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
         for t in &late_sources {
             t.abort();
         }
-        for t in [&supervisor, &remote, &upstream, &control] {
+        for t in [&supervisor, &remote, &upstream, &control, &plane] {
             t.abort();
         }
         if abandoned.is_none() {

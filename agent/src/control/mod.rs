@@ -1,7 +1,9 @@
 //! Control: the local socket (`edge-agent status`), and the status document shared with the
 //! retained status topic.
 
+pub mod plane;
 mod render;
+pub mod replay;
 pub mod socket;
 
 pub use render::{inspect, render_status};

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::buffer::Store;
 use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
-use crate::upstream::{parse_replay, ReplayRequest};
+use super::replay::{parse_replay, ReplayRequest};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;

@@ -9,6 +9,10 @@
 //!
 //! Replays (control socket, `{prefix}/{site}/cmd/replay`) send delivered events again with
 //! `"replayed": true`, within the same window and rate cap, after the backlog.
+//!
+//! The control plane (`control::plane`: status, replay requests, config/set, config/status)
+//! rides this connection: upstream subscribes to its topics at every connection, hands it what
+//! arrives there and publishes what it asks; it keeps nothing of it.
 
 mod rate;
 
@@ -27,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 use crate::backoff::Backoff;
 use crate::buffer::{PendingRow, Store, WriterHandle};
 use crate::config::{parse_mqtt_url, Config, Format};
+use crate::control::plane::{Heard, UpstreamLink};
+use crate::control::replay::ReplayRequest;
 use crate::status::StatusBoard;
 use crate::tls::Access;
 use rate::TokenBucket;
@@ -35,7 +41,7 @@ use rate::TokenBucket;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The largest message read from the upstream broker.
-const INCOMING_MAX: usize = 4 << 20;
+pub const INCOMING_MAX: usize = 4 << 20;
 
 /// How long a stopping agent waits for PUBACKs of what is already in flight.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -47,21 +53,15 @@ pub struct Upstream {
     pub writer: WriterHandle,
     pub status: Arc<StatusBoard>,
     pub shutdown: CancellationToken,
-    /// Replay requests from the control socket.
+    /// Replay requests (control socket, `cmd/replay`): delivered events sent again.
     pub replays: mpsc::Receiver<ReplayRequest>,
     /// `max_inflight` and `replay_rate`, which a pushed configuration may change.
     pub limits: watch::Receiver<Limits>,
-    /// The latest document published to `{prefix}/{site}/config/set`, for the remote
-    /// configuration task.
-    pub config_set: watch::Sender<Option<crate::remote::Pushed>>,
-    /// Its outcomes, to publish retained to `{prefix}/{site}/config/status`.
-    pub config_status: mpsc::Receiver<Vec<u8>>,
-    /// The latest outcome, published again after every (re)connection: one whose PUBACK a
-    /// dropped connection took is not lost.
-    pub last_config_status: std::sync::Mutex<Option<Vec<u8>>>,
+    /// The control plane's topics on this connection (see `control::plane`).
+    pub link: UpstreamLink,
     /// The last connection ended on a message too large to read (bytes): the broker would send
-    /// it again at every subscription, so the next connection clears the retained document on
-    /// config/set (the only retained topic the agent subscribes to) and reports it rejected.
+    /// it again at every subscription, so the next connection first removes the retained copy
+    /// on the link's retained topic.
     pub oversized: std::sync::atomic::AtomicUsize,
 }
 
@@ -107,11 +107,14 @@ struct Conn {
 
 impl Conn {
     fn events_in_flight(&self) -> usize {
-        self.awaiting.iter().filter(|s| **s != Sent::Status).count()
+        self.awaiting
+            .iter()
+            .filter(|s| **s != Sent::Control)
+            .count()
             + self
                 .inflight
                 .values()
-                .filter(|s| **s != Sent::Status)
+                .filter(|s| **s != Sent::Control)
                 .count()
     }
 }
@@ -123,15 +126,8 @@ enum Sent {
     Event(u64),
     /// An event sent again by a replay.
     Replay,
-    /// The retained status document.
-    Status,
-}
-
-/// A request to send delivered events observed in a window again.
-#[derive(Debug)]
-pub struct ReplayRequest {
-    pub since_ms: u64,
-    pub until_ms: u64,
+    /// A control plane message (status, config/status).
+    Control,
 }
 
 /// A replay in progress.
@@ -156,10 +152,6 @@ impl Upstream {
     /// The upstream window now: `max_inflight`, within what this connection's client takes.
     fn window(&self, conn: &Conn) -> usize {
         usize::from(self.limits.borrow().max_inflight).min(conn.client_inflight)
-    }
-
-    fn config_topic(&self, what: &str) -> String {
-        format!("{}/config/{what}", self.topic_prefix())
     }
 
     /// Client options, with TLS settings and credentials read from their files now: a rotated
@@ -211,6 +203,7 @@ impl Upstream {
             match ended {
                 Ended::Shutdown => return,
                 Ended::Dropped(why) => {
+                    let _ = self.link.heard.try_send(Heard::Disconnected);
                     if why != last_why {
                         tracing::warn!("{why}; events stay buffered, retrying");
                         last_why = why.clone();
@@ -253,9 +246,6 @@ impl Upstream {
             client_inflight: usize::from(self.client_inflight()),
         };
         let mut committed = self.writer.committed();
-        let mut status_changes = self.status.changes();
-        let every = self.config.control.status_interval.0;
-        let mut status_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         let mut beat = tokio::time::interval(HEARTBEAT);
         let ended = loop {
             self.status.upstream_beat();
@@ -272,10 +262,7 @@ impl Upstream {
                 // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
                 ev = events.recv() => match ev {
                     Some(Ok(ev)) => {
-                        if let Some(req) = self.replay_command(&ev) {
-                            self.start_replay(req, jobs);
-                        }
-                        self.forward_config(&ev);
+                        self.hear(&ev).await;
                         if let Some(why) = self.on_event(ev, &mut conn, backoff, &client).await {
                             break Ended::Dropped(why);
                         }
@@ -299,23 +286,19 @@ impl Upstream {
                 }
                 // Cancel-safe: sleeping holds no state.
                 _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() && conn.connected && (!conn.caught_up || !jobs.is_empty()) => {}
-                // Cancel-safe: interval ticks are not lost.
-                _ = status_tick.tick(), if conn.connected => self.publish_status(&client, &mut conn).await,
                 // Cancel-safe: interval ticks are not lost. Only beats the heartbeat (above).
                 _ = beat.tick() => {}
                 // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
                 Some(req) = self.replays.recv() => self.start_replay(req, jobs),
                 // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped. Waits in the
                 // channel while disconnected.
-                Some(body) = self.config_status.recv(), if conn.connected => {
-                    if let Ok(mut last) = self.last_config_status.lock() {
-                        *last = Some(body);
+                Some(say) = self.link.say.recv(), if conn.connected => {
+                    if client
+                        .try_publish(say.topic, QoS::AtLeastOnce, say.retain, say.payload)
+                        .is_ok()
+                    {
+                        conn.awaiting.push_back(Sent::Control);
                     }
-                    self.publish_config_status(&client, &mut conn);
-                }
-                // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
-                r = status_changes.changed(), if conn.connected => {
-                    if r.is_ok() { self.publish_status(&client, &mut conn).await; }
                 }
             }
             if conn.connected && !conn.caught_up {
@@ -357,15 +340,14 @@ impl Upstream {
                     .set_upstream(true, format!("connected to {}", self.config.upstream.url));
                 let n = self.oversized.swap(0, std::sync::atomic::Ordering::Relaxed);
                 if n > 0 {
-                    self.clear_oversized(client, conn, n);
+                    self.clear_oversized(client, conn, n).await;
                 }
-                for topic in [self.replay_topic(), self.config_topic("set")] {
+                for topic in &self.link.topics {
                     if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
                         tracing::warn!("subscribing to {topic}: {e}");
                     }
                 }
-                self.publish_config_status(client, conn);
-                self.publish_status(client, conn).await;
+                let _ = self.link.heard.send(Heard::Connected).await;
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 if let Some(seq) = conn.awaiting.pop_front() {
@@ -461,74 +443,38 @@ impl Upstream {
         Ok((topic, payload))
     }
 
-    fn replay_topic(&self) -> String {
-        format!("{}/cmd/replay", self.topic_prefix())
-    }
-
-    /// A replay request published to `{prefix}/{site}/cmd/replay`, if this event is one.
-    fn replay_command(&self, ev: &Event) -> Option<ReplayRequest> {
-        let Event::Incoming(Packet::Publish(p)) = ev else {
-            return None;
-        };
-        if p.topic != self.replay_topic() {
-            return None;
-        }
-        match parse_replay(&p.payload) {
-            Ok(req) => Some(req),
-            Err(e) => {
-                tracing::warn!("{}: ignored: {e}", self.replay_topic());
-                None
-            }
-        }
-    }
-
-    /// Hands a document published to `{prefix}/{site}/config/set` to the remote configuration
-    /// task (the newest replaces one it has not read yet).
-    fn forward_config(&self, ev: &Event) {
+    /// Hands a message on a control plane topic to the control plane.
+    async fn hear(&self, ev: &Event) {
         let Event::Incoming(Packet::Publish(p)) = ev else {
             return;
         };
-        if p.topic == self.config_topic("set") {
-            self.config_set.send_replace(Some(crate::remote::Pushed {
-                bytes: p.payload.to_vec(),
-                retained: p.retain,
-            }));
+        if self.link.topics.contains(&p.topic) {
+            let heard = Heard::Message {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                retain: p.retain,
+            };
+            // Waits only while the control plane's queue is full.
+            let _ = self.link.heard.send(heard).await;
         }
     }
 
-    /// Removes the retained message on config/set (an empty retained message does that) that
-    /// was too large to read, and reports it rejected, so that one message cannot keep the
-    /// uplink down.
-    fn clear_oversized(&self, client: &AsyncClient, conn: &mut Conn, bytes: usize) {
-        let why = format!(
-            "a message of {bytes} bytes arrived on {}, above the {INCOMING_MAX} bytes the agent reads; the retained document was removed from that topic (documents may have {} bytes at most)",
-            self.config_topic("set"),
-            crate::remote::MAX_DOCUMENT
-        );
-        tracing::error!("pushed configuration rejected: {why}");
+    /// Removes the retained message that was too large to read (an empty retained message
+    /// does that) before subscribing again, so that one message cannot keep the uplink down,
+    /// and tells the control plane (which reports it rejected).
+    async fn clear_oversized(&self, client: &AsyncClient, conn: &mut Conn, bytes: usize) {
         if client
-            .try_publish(self.config_topic("set"), QoS::AtLeastOnce, true, Vec::new())
+            .try_publish(
+                self.link.retained_topic.clone(),
+                QoS::AtLeastOnce,
+                true,
+                Vec::new(),
+            )
             .is_ok()
         {
-            conn.awaiting.push_back(Sent::Status);
+            conn.awaiting.push_back(Sent::Control);
         }
-        let body = serde_json::json!({"version": null, "state": "rejected", "reason": why});
-        if let Ok(mut last) = self.last_config_status.lock() {
-            *last = Some(body.to_string().into_bytes());
-        }
-    }
-
-    /// Publishes the latest configuration outcome, retained.
-    fn publish_config_status(&self, client: &AsyncClient, conn: &mut Conn) {
-        let body = self.last_config_status.lock().ok().and_then(|l| l.clone());
-        if let Some(body) = body {
-            if client
-                .try_publish(self.config_topic("status"), QoS::AtLeastOnce, true, body)
-                .is_ok()
-            {
-                conn.awaiting.push_back(Sent::Status);
-            }
-        }
+        let _ = self.link.heard.send(Heard::Oversized(bytes)).await;
     }
 
     fn start_replay(&self, req: ReplayRequest, jobs: &mut VecDeque<ReplayJob>) {
@@ -598,17 +544,6 @@ impl Upstream {
             }
         }
         Ok(())
-    }
-
-    async fn publish_status(&self, client: &AsyncClient, conn: &mut Conn) {
-        let body = crate::control::current_status(&self.store, &self.status).await;
-        let topic = format!("{}/status", self.topic_prefix());
-        if client
-            .try_publish(topic, QoS::AtLeastOnce, true, body.to_string())
-            .is_ok()
-        {
-            conn.awaiting.push_back(Sent::Status);
-        }
     }
 
     /// At shutdown: wait (bounded) for the PUBACKs of what is in flight, then disconnect.
@@ -698,27 +633,4 @@ async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, Connectio
             return;
         }
     }
-}
-
-/// Reads `{"since": RFC3339, "until": RFC3339?}`; `until` defaults to now.
-pub fn parse_replay(json: &[u8]) -> Result<ReplayRequest, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| format!("not a JSON object: {e}"))?;
-    let time = |key: &str| -> Result<Option<u64>, String> {
-        match v.get(key) {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(serde_json::Value::String(s)) => {
-                crate::time::parse_rfc3339_ms(s).map(Some).ok_or_else(|| {
-                    format!("{key}: {s:?} is not an RFC 3339 time (e.g. 2026-11-27T08:00:00Z)")
-                })
-            }
-            Some(other) => Err(format!("{key}: {other} is not an RFC 3339 time string")),
-        }
-    };
-    let since_ms = time("since")?.ok_or("\"since\" is required (RFC 3339)")?;
-    let until_ms = time("until")?.unwrap_or_else(crate::time::now_ms);
-    if until_ms < since_ms {
-        return Err("\"until\" is before \"since\"".into());
-    }
-    Ok(ReplayRequest { since_ms, until_ms })
 }
