@@ -50,9 +50,6 @@ pub struct StatusBoard {
     changes: tokio::sync::watch::Sender<u64>,
     /// The version of the pushed configuration in effect; 0: the file's.
     config_version: AtomicU64,
-    /// The buffer's last figures and when they were read (ms), for status while it cannot be
-    /// read.
-    last_stats: Mutex<Option<(crate::buffer::BufferStats, u64)>>,
 }
 
 impl Default for StatusBoard {
@@ -70,7 +67,6 @@ impl Default for StatusBoard {
             samples: Mutex::new(std::collections::VecDeque::new()),
             changes: tokio::sync::watch::channel(0).0,
             config_version: AtomicU64::new(0),
-            last_stats: Mutex::new(None),
         }
     }
 }
@@ -214,15 +210,6 @@ impl StatusBoard {
     pub fn set_storage_error(&self, e: Option<String>) {
         *lock(&self.storage_error) = e;
         self.changes.send_modify(|n| *n += 1);
-    }
-
-    pub fn remember_stats(&self, stats: &crate::buffer::BufferStats) {
-        *lock(&self.last_stats) = Some((stats.clone(), crate::time::now_ms()));
-    }
-
-    /// The buffer's last figures and when they were read (ms since the epoch).
-    pub fn last_stats(&self) -> Option<(crate::buffer::BufferStats, u64)> {
-        lock(&self.last_stats).clone()
     }
 
     pub fn storage_error(&self) -> Option<String> {

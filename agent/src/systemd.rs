@@ -87,7 +87,7 @@ pub async fn supervise(
         let up = status.upstream();
         let backlog = match stats {
             Ok(Ok(stats)) => Some(stats.backlog),
-            _ => status.last_stats().map(|(s, _)| s.backlog),
+            _ => store.last_stats().map(|(s, _)| s.backlog),
         };
         if let Some(backlog) = backlog {
             notifier.notify(&format!(

@@ -117,8 +117,7 @@ impl StoreError {
     /// The error as an operator reads it in status: the cause (no space, EIO, read-only) with
     /// the file and what to do; other errors as they are.
     pub fn explain(&self, path: &Path) -> String {
-        self.explain_cause(path)
-            .unwrap_or_else(|| self.to_string())
+        self.explain_cause(path).unwrap_or_else(|| self.to_string())
     }
 
     /// The operating system's error code under this one, if it shows.
@@ -206,6 +205,9 @@ pub struct Store {
     db: Arc<std::sync::RwLock<Option<Arc<Database>>>>,
     /// A file (not a test backend): can be reopened.
     reopenable: bool,
+    /// The last figures `stats` read, and when (ms since the epoch): status shows them while
+    /// the file cannot be read.
+    last_stats: Arc<std::sync::Mutex<Option<(BufferStats, u64)>>>,
     path: PathBuf,
 }
 
@@ -284,6 +286,7 @@ impl Store {
         Ok(Store {
             db: Arc::new(std::sync::RwLock::new(Some(Arc::new(db)))),
             reopenable: false,
+            last_stats: Default::default(),
             path: path.to_path_buf(),
         })
     }
@@ -470,7 +473,18 @@ impl Store {
 
     /// Counts for status; cheap (no scan).
     pub fn stats(&self) -> Result<BufferStats, StoreError> {
-        stats_of(self.db()?.as_ref(), &self.path)
+        let stats = stats_of(self.db()?.as_ref(), &self.path)?;
+        *self.last_stats.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((stats.clone(), crate::time::now_ms()));
+        Ok(stats)
+    }
+
+    /// The figures the last successful [`Store::stats`] read, and when (ms since the epoch).
+    pub fn last_stats(&self) -> Option<(BufferStats, u64)> {
+        self.last_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Delivered events observed in `[since_ms, until_ms]`, in seq order from seq `from`: up to

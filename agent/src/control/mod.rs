@@ -24,12 +24,9 @@ pub async fn current_status(store: &Store, board: &StatusBoard) -> Value {
         Err(e) => Err(format!("reading the buffer: {e}")),
     };
     match read {
-        Ok(stats) => {
-            board.remember_stats(&stats);
-            status_json(&stats, board)
-        }
+        Ok(stats) => status_json(&stats, board),
         Err(e) => {
-            let (stats, at) = board.last_stats().unwrap_or_default();
+            let (stats, at) = store.last_stats().unwrap_or_default();
             let mut doc = status_json(&stats, board);
             let storage = &mut doc["storage"];
             if storage["error"].is_null() {

@@ -38,9 +38,9 @@ pub enum Heard {
         /// Sent because of the subscription (a retained copy), not just published.
         retain: bool,
     },
-    /// The last connection ended on a message of this many bytes, too large to read; upstream
-    /// removed the retained copy on `config/set` before subscribing again.
-    Oversized(usize),
+    /// The last connection ended on a message of `bytes`, above the `limit` upstream reads;
+    /// upstream removed the retained copy on `config/set` before subscribing again.
+    Oversized { bytes: usize, limit: usize },
 }
 
 /// A message for upstream to publish, QoS 1.
@@ -150,11 +150,10 @@ impl Plane {
                             self.config_set.send_replace(Some(Pushed { bytes: payload, retained: retain }));
                         }
                     }
-                    Some(Heard::Oversized(bytes)) => {
+                    Some(Heard::Oversized { bytes, limit }) => {
                         let why = format!(
-                            "a message of {bytes} bytes arrived on {}, above the {} bytes the agent reads; the retained document was removed from that topic (documents may have {} bytes at most)",
+                            "a message of {bytes} bytes arrived on {}, above the {limit} bytes the agent reads; the retained document was removed from that topic (documents may have {} bytes at most)",
                             topics.config_set,
-                            crate::upstream::INCOMING_MAX,
                             crate::remote::MAX_DOCUMENT
                         );
                         tracing::error!("pushed configuration rejected: {why}");

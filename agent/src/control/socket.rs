@@ -15,10 +15,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, Semaphore};
 
+use super::replay::{parse_replay, ReplayRequest};
 use crate::buffer::Store;
 use crate::shutdown::Shutdown;
 use crate::status::StatusBoard;
-use super::replay::{parse_replay, ReplayRequest};
 
 /// Longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;

@@ -3,6 +3,9 @@
 
 pub mod mqtt;
 pub mod serial;
+mod set;
+
+pub use set::SourceSet;
 
 use std::future::Future;
 use std::pin::Pin;

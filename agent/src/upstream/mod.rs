@@ -41,7 +41,7 @@ use rate::TokenBucket;
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The largest message read from the upstream broker.
-pub const INCOMING_MAX: usize = 4 << 20;
+const INCOMING_MAX: usize = 4 << 20;
 
 /// How long a stopping agent waits for PUBACKs of what is already in flight.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -474,7 +474,14 @@ impl Upstream {
         {
             conn.awaiting.push_back(Sent::Control);
         }
-        let _ = self.link.heard.send(Heard::Oversized(bytes)).await;
+        let _ = self
+            .link
+            .heard
+            .send(Heard::Oversized {
+                bytes,
+                limit: INCOMING_MAX,
+            })
+            .await;
     }
 
     fn start_replay(&self, req: ReplayRequest, jobs: &mut VecDeque<ReplayJob>) {
