@@ -1,8 +1,8 @@
 //! The single writer: group commit of readings and upstream acknowledgements.
 
-use std::sync::Arc;
 #[cfg(test)]
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edge_protocol::{Body, Envelope, Role};
