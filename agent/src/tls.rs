@@ -644,9 +644,15 @@ pub struct Access {
     pub password: Option<Password>,
 }
 
+/// Why the TLS files or the password file of a broker cannot be used: every problem, each
+/// with its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| format!("{}: {e}", e.key())).collect::<Vec<_>>().join("; "))]
+pub struct AccessError(pub Vec<SetupError>);
+
 impl Access {
     /// Reads the files `a` names; the error names each key and file at fault.
-    pub fn prepare(a: &BrokerAccess, tls: bool) -> Result<Access, String> {
+    pub fn prepare(a: &BrokerAccess, tls: bool) -> Result<Access, AccessError> {
         let mut errors = Vec::new();
         let config = if tls {
             client_config(a).map_err(|e| errors.extend(e)).ok()
@@ -660,8 +666,7 @@ impl Access {
             None => None,
         };
         if !errors.is_empty() {
-            let all: Vec<String> = errors.iter().map(|e| format!("{}: {e}", e.key())).collect();
-            return Err(all.join("; "));
+            return Err(AccessError(errors));
         }
         Ok(Access {
             tls: config,

@@ -29,7 +29,20 @@ access_of!(MqttSource);
 
 /// Checks an `mqtt://` or `mqtts://` URL; returns the problem, if any.
 pub fn check_mqtt_url(url: &str) -> Result<(), String> {
-    parse_mqtt_url(url).map(|_| ())
+    parse_mqtt_url(url).map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// Why a broker URL is not `mqtt://host[:port]` or `mqtts://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("{url:?} is not an MQTT URL; write mqtt://host:1883 or mqtts://host:8883")]
+    Scheme { url: String },
+    #[error("{url:?}: only scheme, host and port are allowed (credentials go in their own keys)")]
+    Extra { url: String },
+    #[error("{url:?}: port {port:?} is not a number from 1 to 65535")]
+    Port { url: String, port: String },
+    #[error("{url:?}: needs a host and a port from 1 to 65535")]
+    NoHost { url: String },
 }
 
 /// A broker address from `mqtt://host[:port]` or `mqtts://host[:port]`.
@@ -40,34 +53,31 @@ pub struct BrokerAddr {
     pub tls: bool,
 }
 
-pub fn parse_mqtt_url(url: &str) -> Result<BrokerAddr, String> {
+pub fn parse_mqtt_url(url: &str) -> Result<BrokerAddr, UrlError> {
     let (tls, rest) = if let Some(r) = url.strip_prefix("mqtt://") {
         (false, r)
     } else if let Some(r) = url.strip_prefix("mqtts://") {
         (true, r)
     } else {
-        return Err(format!(
-            "{url:?} is not an MQTT URL; write mqtt://host:1883 or mqtts://host:8883"
-        ));
+        return Err(UrlError::Scheme { url: url.into() });
     };
     let rest = rest.trim_end_matches('/');
     if rest.contains('/') || rest.contains('@') {
-        return Err(format!(
-            "{url:?}: only scheme, host and port are allowed (credentials go in their own keys)"
-        ));
+        return Err(UrlError::Extra { url: url.into() });
     }
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            let port: u16 = p
-                .parse()
-                .map_err(|_| format!("{url:?}: port {p:?} is not a number from 1 to 65535"))?;
+            let port: u16 = p.parse().map_err(|_| UrlError::Port {
+                url: url.into(),
+                port: p.into(),
+            })?;
             (h, port)
         }
         _ => (rest, if tls { 8883 } else { 1883 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 {
-        return Err(format!("{url:?}: needs a host and a port from 1 to 65535"));
+        return Err(UrlError::NoHost { url: url.into() });
     }
     Ok(BrokerAddr {
         host: host.to_string(),

@@ -54,7 +54,7 @@ pub async fn push(target: &Target, doc: &[u8]) -> Result<String, String> {
         ));
     }
     let parsed = SignedDoc::parse(doc).map_err(|e| e.to_string())?;
-    let addr = parse_mqtt_url(&target.url)?;
+    let addr = parse_mqtt_url(&target.url).map_err(|e| e.to_string())?;
     let access = BrokerAccess {
         key: KEY.into(),
         url: target.url.clone(),
@@ -65,7 +65,7 @@ pub async fn push(target: &Target, doc: &[u8]) -> Result<String, String> {
         password_file: target.password_file.clone(),
     };
     // The keys named in messages are this command's flags.
-    let mut access = Access::prepare(&access, addr.tls).map_err(flags)?;
+    let mut access = Access::prepare(&access, addr.tls).map_err(|e| flags(e.to_string()))?;
     let mut opts = MqttOptions::new(
         format!("edge-agent-config-push-{}", std::process::id()),
         addr.host,

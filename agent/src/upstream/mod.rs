@@ -65,6 +65,22 @@ pub struct Upstream {
     pub oversized: std::sync::atomic::AtomicUsize,
 }
 
+/// Why a connection to the upstream broker cannot even be tried: its URL, or its TLS and
+/// credential files (read again at each connection, so a fix is picked up at the next retry).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("upstream broker {url}: {source}")]
+    Url {
+        url: String,
+        source: crate::config::UrlError,
+    },
+    #[error("upstream broker {url}: {source}")]
+    Access {
+        url: String,
+        source: crate::tls::AccessError,
+    },
+}
+
 /// The upstream settings a pushed configuration may change while running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -156,12 +172,13 @@ impl Upstream {
 
     /// Client options, with TLS settings and credentials read from their files now: a rotated
     /// certificate or password is picked up at the next connection.
-    fn options(&self) -> Result<MqttOptions, String> {
+    fn options(&self) -> Result<MqttOptions, SetupError> {
         let up = &self.config.upstream;
-        let what = format!("upstream broker {}", up.url);
-        let addr = parse_mqtt_url(&up.url).map_err(|e| format!("{what}: {e}"))?;
+        let url = || up.url.clone();
+        let addr =
+            parse_mqtt_url(&up.url).map_err(|source| SetupError::Url { url: url(), source })?;
         let mut access = Access::prepare(&up.access("upstream"), addr.tls)
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|source| SetupError::Access { url: url(), source })?;
         let mut o = MqttOptions::new(self.config.upstream_client_id(), addr.host, addr.port);
         if let Some(t) = access.transport() {
             o.set_transport(t);
@@ -198,7 +215,7 @@ impl Upstream {
                     self.connection(opts, &mut backoff, &mut bucket, &mut jobs)
                         .await
                 }
-                Err(why) => Ended::Dropped(why),
+                Err(why) => Ended::Dropped(why.to_string()),
             };
             match ended {
                 Ended::Shutdown => return,

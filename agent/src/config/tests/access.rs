@@ -27,9 +27,22 @@ fn mqtt_urls_need_scheme_host_and_port() {
         parse_mqtt_url("mqtts://127.0.0.1:18883").map(|a| (a.port, a.tls)),
         Ok((18883, true))
     );
-    assert!(parse_mqtt_url("tcp://broker:1883").is_err());
-    assert!(parse_mqtt_url("mqtt://:1883").is_err());
-    assert!(parse_mqtt_url("mqtt://user:pw@broker:1883").is_err());
+    assert!(matches!(
+        parse_mqtt_url("tcp://broker:1883"),
+        Err(UrlError::Scheme { .. })
+    ));
+    assert!(matches!(
+        parse_mqtt_url("mqtt://:1883"),
+        Err(UrlError::NoHost { .. })
+    ));
+    assert!(matches!(
+        parse_mqtt_url("mqtt://user:pw@broker:1883"),
+        Err(UrlError::Extra { .. })
+    ));
+    assert_eq!(
+        parse_mqtt_url("mqtt://broker:port").map_err(|e| e.to_string()),
+        Err("\"mqtt://broker:port\": port \"port\" is not a number from 1 to 65535".into())
+    );
 }
 
 fn tls_problems(upstream_extra: &str, dir: &Path) -> Vec<String> {
