@@ -724,3 +724,46 @@ fn a_port_the_service_user_may_not_open_says_to_add_it_to_dialout() -> Result<()
     );
     Ok(())
 }
+
+#[test]
+fn a_flood_of_replay_requests_from_central_does_not_wedge_delivery() -> Result<()> {
+    let central = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/#")?;
+    let mut pty = Pty::open()?;
+    let agent = Agent::start(&config(
+        &central,
+        &serial_source("scanner-pack-01", &pty, "pack-01"),
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    pty.write(b"LPN-BEFORE\r\n")?;
+    sink.wait_events(1, DEADLINE)?;
+    // Far more requests than the queues between upstream and the control plane hold (64 and
+    // 16): each replays a window with nothing in it, so only the queues are exercised.
+    for _ in 0..400 {
+        sink.publish(
+            "edge/dc-test-01/cmd/replay",
+            "{\"since\":\"2001-01-01T00:00:00Z\",\"until\":\"2001-01-01T00:00:01Z\"}",
+        )?;
+    }
+    // Every request was taken: started, or refused for now with a reason.
+    wait_for("the agent to take all 400 requests", DEADLINE, || {
+        let log = agent.log();
+        let taken = log.matches("replaying delivered events observed").count()
+            + log
+                .matches("replay requests arrive faster than they start")
+                .count();
+        (taken == 400).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    pty.write(b"LPN-AFTER\r\n")?;
+    wait_for("the reading after the flood", DEADLINE, || {
+        sink.events()
+            .iter()
+            .any(|e| e["body"]["code"] == "LPN-AFTER")
+            .then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    let s = agent.status()?;
+    ensure!(s["upstream"]["connected"] == true, "{s}");
+    Ok(())
+}

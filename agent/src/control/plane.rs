@@ -145,7 +145,7 @@ impl Plane {
                     }
                     Some(Heard::Message { topic, payload, retain }) => {
                         if topic == topics.replay {
-                            self.replay(&topics, &payload).await;
+                            self.replay(&topics, &payload);
                         } else if topic == topics.config_set {
                             self.config_set.send_replace(Some(Pushed { bytes: payload, retained: retain }));
                         }
@@ -183,11 +183,17 @@ impl Plane {
         }
     }
 
-    async fn replay(&self, topics: &Topics, payload: &[u8]) {
+    fn replay(&self, topics: &Topics, payload: &[u8]) {
         match parse_replay(payload) {
             Ok(req) => {
-                // Waits only while upstream's queue of requests is full.
-                let _ = self.replays.send(req).await;
+                // Never waits on upstream: upstream may itself be waiting to hand this task the
+                // next message, and a flood of requests must not wedge both.
+                if self.replays.try_send(req).is_err() {
+                    tracing::warn!(
+                        "{}: ignored: replay requests arrive faster than they start; send it again later",
+                        topics.replay
+                    );
+                }
             }
             Err(e) => tracing::warn!("{}: ignored: {e}", topics.replay),
         }
