@@ -158,7 +158,9 @@ impl WriterHandle {
     pub fn retrying_not_stuck(&self, max: Duration) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let since = self.liveness.in_call_since_ms.load(Relaxed);
-        self.liveness.retrying.load(Relaxed)
+        // A writer thread that ended (a panic) is not retrying, whatever it last said.
+        !self.tx.is_closed()
+            && self.liveness.retrying.load(Relaxed)
             && (since == 0 || now_ms().saturating_sub(since) < max.as_millis() as u64)
     }
 
@@ -253,6 +255,7 @@ pub fn spawn_writer(
         last_prune: Instant::now(),
         episode: None,
         own: Vec::new(),
+        set_aside_asked: Default::default(),
         abandoned: 0,
     };
     let join = tokio::task::spawn_blocking(move || writer.run(rx, acks_rx));
@@ -284,6 +287,8 @@ struct Writer {
     own: Vec<Reading>,
     /// Readings given up because `cancel` came while their commit kept failing.
     abandoned: u64,
+    /// Rows upstream asked to set aside since start (rare: damaged rows).
+    set_aside_asked: std::collections::HashSet<u64>,
 }
 
 impl Writer {
@@ -332,6 +337,11 @@ impl Writer {
         let mut seq = self.next_seq;
         for cmd in group.iter_mut() {
             if let Command::Settle(Settle::SetAside { seq, why, raw }) = cmd {
+                // Upstream may ask twice (it reconnected before the first was committed): one
+                // row, one report.
+                if !self.set_aside_asked.insert(*seq) {
+                    continue;
+                }
                 let detail = format!(
                     "buffer row {seq} cannot be read back ({why}); it is set aside in {} (edge-agent inspect lists it) and the next events are sent; its first {} bytes are in raw",
                     self.store.path().display(),

@@ -124,9 +124,13 @@ impl Plane {
         let topics = Topics::of(&self.config);
         let every = self.config.control.status_interval.0;
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // Ticks missed while disconnected are not made up in a burst at the next connection.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut changes = self.status.changes();
         // The latest configuration outcome: published again after every connection.
         let mut last_config_status: Option<Vec<u8>> = None;
+        // The latest outcome is not yet handed to upstream on this connection.
+        let mut config_status_unsent = false;
         let mut connected = false;
         loop {
             tokio::select! {
@@ -138,9 +142,8 @@ impl Plane {
                     Some(Heard::Disconnected) => connected = false,
                     Some(Heard::Connected) => {
                         connected = true;
-                        if let Some(body) = &last_config_status {
-                            self.publish(&topics.config_status, body.clone(), true);
-                        }
+                        tick.reset();
+                        config_status_unsent = last_config_status.is_some();
                         self.publish_status(&topics).await;
                     }
                     Some(Heard::Message { topic, payload, retain }) => {
@@ -163,10 +166,8 @@ impl Plane {
                 },
                 // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
                 Some(body) = self.config_status.recv() => {
-                    if connected {
-                        self.publish(&topics.config_status, body.clone(), true);
-                    }
                     last_config_status = Some(body);
+                    config_status_unsent = true;
                 }
                 // Cancel-safe: interval ticks are not lost.
                 _ = tick.tick(), if connected => self.publish_status(&topics).await,
@@ -178,6 +179,13 @@ impl Plane {
                     if connected {
                         self.publish_status(&topics).await;
                     }
+                }
+            }
+            // The latest outcome goes out once per connection; should upstream's queue be full,
+            // it is tried again after the next event (each tick at the latest).
+            if connected && config_status_unsent {
+                if let Some(body) = &last_config_status {
+                    config_status_unsent = !self.publish(&topics.config_status, body.clone(), true);
                 }
             }
         }
@@ -201,17 +209,21 @@ impl Plane {
 
     async fn publish_status(&self, topics: &Topics) {
         let body = super::current_status(&self.store, &self.status).await;
-        self.publish(&topics.status, body.to_string().into_bytes(), true);
+        // A status dropped for a full queue is refreshed at the next tick or change.
+        let _ = self.publish(&topics.status, body.to_string().into_bytes(), true);
     }
 
     /// Hands a message to upstream. Should its queue be full (the connection dropped a moment
     /// ago), the message is dropped: the status is refreshed and the last outcome republished
     /// at the next connection.
-    fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) {
-        let _ = self.say.try_send(Say {
-            topic: topic.to_string(),
-            payload,
-            retain,
-        });
+    /// Whether upstream took it.
+    fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> bool {
+        self.say
+            .try_send(Say {
+                topic: topic.to_string(),
+                payload,
+                retain,
+            })
+            .is_ok()
     }
 }

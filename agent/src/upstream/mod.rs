@@ -220,7 +220,8 @@ impl Upstream {
             match ended {
                 Ended::Shutdown => return,
                 Ended::Dropped(why) => {
-                    let _ = self.link.heard.try_send(Heard::Disconnected);
+                    // The plane never waits on upstream, so this wait is short.
+                    let _ = self.link.heard.send(Heard::Disconnected).await;
                     if why != last_why {
                         tracing::warn!("{why}; events stay buffered, retrying");
                         last_why = why.clone();
