@@ -551,12 +551,14 @@ fn publishing_the_applied_version_again_is_rejected_but_its_retained_copy_is_not
     ensure!(stopped.success(), "SIGTERM: {stopped:?}");
     agent.restart()?;
     agent.wait_source("scanner-b", "open")?;
-    // The retained config/set has been read once the agent republished its status after
-    // connecting; wait for that, then look at what the agent said about version 3.
-    wait_for("the agent connected upstream again", DEADLINE, || {
-        let s = agent.status().ok()?;
-        (s["upstream"]["connected"] == true).then_some(())
-    })?;
+    // Wait until the agent has read the retained copy, then look at what it said about it.
+    wait_for("the retained copy read after the restart", DEADLINE, || {
+        agent
+            .log()
+            .contains("version 3: retained copy already handled")
+            .then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
     let log = agent.log();
     let rejections = log
         .matches("pushed configuration version 3 rejected")

@@ -18,6 +18,7 @@ mod read;
 use check::check_scale;
 pub(super) use read::read;
 
+use super::defaults;
 use super::read::Collector;
 use super::{RuleConfig, Span};
 
@@ -168,33 +169,6 @@ pub struct Delimited {
     /// Mapping rules, first match wins.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
-}
-
-mod defaults {
-    use super::Span;
-    use std::time::Duration;
-
-    pub fn no_read() -> String {
-        "NOREAD".into()
-    }
-    pub fn max_frame() -> usize {
-        4096
-    }
-    pub fn separator() -> String {
-        "|".into()
-    }
-    pub fn settle() -> Span {
-        Span(Duration::from_millis(300))
-    }
-    pub fn min_kg() -> String {
-        "0.05".into()
-    }
-    pub fn settle_timeout() -> Span {
-        Span(Duration::from_secs(10))
-    }
-    pub fn correlation_window() -> Span {
-        Span(Duration::from_secs(10))
-    }
 }
 
 impl DecoderConfig {

@@ -50,3 +50,26 @@ pub fn confirm_timeout() -> Span {
 pub fn status_interval() -> Span {
     Span(Duration::from_secs(30))
 }
+
+// A source's decoder settings (`decoders`).
+pub fn no_read() -> String {
+    "NOREAD".into()
+}
+pub fn max_frame() -> usize {
+    4096
+}
+pub fn separator() -> String {
+    "|".into()
+}
+pub fn settle() -> Span {
+    Span(Duration::from_millis(300))
+}
+pub fn min_kg() -> String {
+    "0.05".into()
+}
+pub fn settle_timeout() -> Span {
+    Span(Duration::from_secs(10))
+}
+pub fn correlation_window() -> Span {
+    Span(Duration::from_secs(10))
+}

@@ -80,32 +80,22 @@ pub fn from_value(doc: Value) -> Result<Config, Problems> {
     };
     let mut take = |name: &str| top.remove(name);
 
-    let site: Option<Site> = match take("site") {
-        Some(v) => c.read("site", v, "[site]"),
-        None => {
-            c.push(
-                "site.id",
-                "required key is missing; set [site] id = \"dc-xxx-01\"",
-            );
-            c.poison("site");
-            c.read("site", Value::Object(Map::new()), "[site]")
-        }
-    };
+    let site: Option<Site> = required(
+        &mut c,
+        "site",
+        take("site"),
+        ("site.id", "set [site] id = \"dc-xxx-01\""),
+    );
     let storage: Option<Storage> = match take("storage") {
         Some(v) => c.read("storage", v, "[storage]"),
         None => Some(Storage::default()),
     };
-    let upstream: Option<Upstream> = match take("upstream") {
-        Some(v) => c.read("upstream", v, "[upstream]"),
-        None => {
-            c.push(
-                "upstream.url",
-                "required key is missing; set [upstream] url = \"mqtt://host:1883\"",
-            );
-            c.poison("upstream");
-            c.read("upstream", Value::Object(Map::new()), "[upstream]")
-        }
-    };
+    let upstream: Option<Upstream> = required(
+        &mut c,
+        "upstream",
+        take("upstream"),
+        ("upstream.url", "set [upstream] url = \"mqtt://host:1883\""),
+    );
     let control: Option<Control> = match take("control") {
         Some(v) => c.read("control", v, "[control]"),
         None => Some(Control::default()),
@@ -232,6 +222,26 @@ pub(super) struct Positions {
 impl Positions {
     pub(super) fn of(list: &[usize], i: usize) -> usize {
         list.get(i).copied().unwrap_or(i)
+    }
+}
+
+/// A section the file must have: read as it is, or, when missing, reported under its required
+/// key (`hint` says what to write) and read empty, so that its other keys take their defaults
+/// and the rest of the file is still checked.
+fn required<T: DeserializeOwned>(
+    c: &mut Collector,
+    name: &str,
+    value: Option<Value>,
+    (key, hint): (&str, &str),
+) -> Option<T> {
+    let table = format!("[{name}]");
+    match value {
+        Some(v) => c.read(name, v, &table),
+        None => {
+            c.push(key, format!("required key is missing; {hint}"));
+            c.poison(name);
+            c.read(name, Value::Object(Map::new()), &table)
+        }
     }
 }
 

@@ -155,8 +155,12 @@ impl Manager {
         let seen = self.state.last.as_ref().is_some_and(|l| l.doc == doc)
             || self.state.good.as_ref() == Some(&doc);
         if seen && pushed.retained {
-            // The retained copy comes again at every connection: already handled.
-            tracing::debug!("configuration version {} already handled", doc.version);
+            // The retained copy comes again at every connection: already handled. Said once
+            // per connection, so an operator sees the agent read it and left it alone.
+            tracing::info!(
+                "pushed configuration version {}: retained copy already handled; nothing to do",
+                doc.version
+            );
             return;
         }
         if seen && self.state.good.as_ref() == Some(&doc) {
