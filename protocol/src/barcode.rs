@@ -450,26 +450,15 @@ impl BarcodeDecoder {
 
 impl Decoder for BarcodeDecoder {
     fn push(&mut self, bytes: &[u8], cx: Context, out: &mut Vec<decoder::Decoded>) {
-        self.framer.push(bytes);
         let no_read = &self.no_read;
-        self.framer.drain(self.max_frame, |frame| {
-            out.push(match frame {
-                Ok(line) => decoder::Decoded {
-                    body: to_body(decode(&line, no_read), cx.role, cx.year()),
-                    raw: line,
-                },
-                Err(exception) => exception,
-            })
+        self.framer.decode(bytes, self.max_frame, out, |line| {
+            to_body(decode(line, no_read), cx.role, cx.year())
         });
     }
 
     fn message(&mut self, payload: &[u8], cx: Context, out: &mut Vec<decoder::Decoded>) {
-        out.push(match decoder::message_bytes(payload, self.max_frame) {
-            Ok(line) => decoder::Decoded {
-                body: to_body(decode(line, &self.no_read), cx.role, cx.year()),
-                raw: payload.to_vec(),
-            },
-            Err(exception) => exception,
+        decoder::decode_message(payload, self.max_frame, out, |line| {
+            to_body(decode(line, &self.no_read), cx.role, cx.year())
         });
     }
 }

@@ -162,16 +162,46 @@ impl TextFramer {
         }
     }
 
-    /// Every complete frame so far, each as its bytes or the exception it becomes (over-long,
-    /// damaged), passed to `each`.
-    pub fn drain(&mut self, max_frame: usize, mut each: impl FnMut(Result<Vec<u8>, Decoded>)) {
+    /// Pushes `bytes` and decodes every frame they complete with `body`: each reading carries
+    /// its frame; an over-long or damaged frame becomes an exception carrying its bytes.
+    pub fn decode(
+        &mut self,
+        bytes: &[u8],
+        max_frame: usize,
+        out: &mut Vec<Decoded>,
+        body: impl Fn(&[u8]) -> Body,
+    ) {
+        self.push(bytes);
         while let Some(f) = self.next_frame() {
-            each(match f {
-                Ok(frame) => frame_bytes(frame, max_frame),
-                Err(damaged) => Err(Decoded::undecodable(damaged.to_string(), damaged.raw)),
+            out.push(match f {
+                Ok(frame) => match frame_bytes(frame, max_frame) {
+                    Ok(raw) => Decoded {
+                        body: body(&raw),
+                        raw,
+                    },
+                    Err(overlong) => overlong,
+                },
+                Err(damaged) => Decoded::undecodable(damaged.to_string(), damaged.raw),
             });
         }
     }
+}
+
+/// One whole message decoded with `body` as one frame (without its line end); the reading
+/// carries the whole payload, and an over-long message becomes an exception.
+pub fn decode_message(
+    payload: &[u8],
+    max_frame: usize,
+    out: &mut Vec<Decoded>,
+    body: impl FnOnce(&[u8]) -> Body,
+) {
+    out.push(match message_bytes(payload, max_frame) {
+        Ok(frame) => Decoded {
+            body: body(frame),
+            raw: payload.to_vec(),
+        },
+        Err(overlong) => overlong,
+    });
 }
 
 #[cfg(test)]
@@ -191,13 +221,15 @@ mod tests {
     #[test]
     fn a_damaged_telegram_becomes_an_exception_with_its_bytes() {
         let mut f = TextFramer::new(Framing::StxEtxLrc, 64);
-        f.push(b"\x02A|B\x03\x00");
         let mut got = Vec::new();
-        f.drain(64, |r| got.push(r));
+        f.decode(b"\x02A|B\x03\x00", 64, &mut got, |_| {
+            Body::exception(ExceptionReason::NoRead, "not a damaged telegram")
+        });
         assert_eq!(got.len(), 1);
-        let Err(e) = &got[0] else {
-            panic!("not refused: {got:?}")
-        };
-        assert_eq!(e.raw, b"\x02A|B\x03\x00");
+        assert_eq!(got[0].raw, b"\x02A|B\x03\x00");
+        assert!(
+            matches!(&got[0].body, Body::Exception(e) if e.detail.contains("LRC")),
+            "{got:?}"
+        );
     }
 }

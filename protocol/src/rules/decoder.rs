@@ -1,7 +1,7 @@
 //! The `json` and `delimited` decoders: frames read as records, mapped by the rules.
 
 use super::{apply, Record, Rule};
-use crate::decoder::{message_bytes, Context, Decoded, Decoder, Framing, TextFramer};
+use crate::decoder::{decode_message, Context, Decoded, Decoder, Framing, TextFramer};
 use crate::event::{Body, ExceptionReason};
 
 /// How a frame becomes a record.
@@ -48,26 +48,15 @@ fn body(records: &Records, rules: &[Rule], frame: &[u8], year: u16) -> Body {
 
 impl Decoder for RulesDecoder {
     fn push(&mut self, bytes: &[u8], cx: Context, out: &mut Vec<Decoded>) {
-        self.framer.push(bytes);
         let (records, rules) = (&self.records, &self.rules);
-        self.framer.drain(self.max_frame, |frame| {
-            out.push(match frame {
-                Ok(raw) => Decoded {
-                    body: body(records, rules, &raw, cx.year()),
-                    raw,
-                },
-                Err(exception) => exception,
-            })
+        self.framer.decode(bytes, self.max_frame, out, |frame| {
+            body(records, rules, frame, cx.year())
         });
     }
 
     fn message(&mut self, payload: &[u8], cx: Context, out: &mut Vec<Decoded>) {
-        out.push(match message_bytes(payload, self.max_frame) {
-            Ok(frame) => Decoded {
-                body: body(&self.records, &self.rules, frame, cx.year()),
-                raw: payload.to_vec(),
-            },
-            Err(exception) => exception,
+        decode_message(payload, self.max_frame, out, |frame| {
+            body(&self.records, &self.rules, frame, cx.year())
         });
     }
 }
