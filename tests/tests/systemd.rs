@@ -200,6 +200,12 @@ socket = "{{dir}}/control.sock"
         "{:?}",
         notes.got
     );
+    // Logged once with its cause, however often the commit is retried.
+    let logged = agent
+        .log()
+        .matches("no space left on device (ENOSPC)")
+        .count();
+    ensure!(logged == 1, "logged {logged} times:\n{}", agent.log());
     // Status says everything it knows while the buffer cannot be written.
     for s in &statuses {
         ensure!(s["backlog"].is_u64(), "status without a backlog: {s}");
