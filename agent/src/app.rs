@@ -25,6 +25,9 @@ pub enum RunError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    /// `control.http_token_file` cannot be read: the server is not started without its token.
+    #[error("control.http_token_file: {0}")]
+    HttpToken(#[from] crate::tls::SetupError),
     /// The stop was not clean: names the stages that missed the deadline and what was
     /// abandoned.
     #[error(transparent)]
@@ -97,6 +100,27 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
             shutdown.clone(),
         ),
     );
+
+    // The local HTTP server (metrics, health, status page), unless `control.http = ""`.
+    let mut http = match config.control.http_addr() {
+        Some(Ok(addr)) => {
+            let token = match &config.control.http_token_file {
+                Some(path) => Some(crate::control::http::read_token(path)?),
+                None => None,
+            };
+            let server = crate::control::http::Server {
+                addr,
+                token,
+                site: config.site.id.as_str().into(),
+                grace: config.control.health_grace.0,
+                store: store.clone(),
+                board: status.clone(),
+            };
+            Some(shutdown.spawn("http server", server.run(shutdown.clone())))
+        }
+        // Validation refuses an address that does not parse.
+        _ => None,
+    };
 
     // The control plane on the upstream connection: status, cmd/replay, config/set and
     // config/status (see control::plane).
@@ -204,6 +228,9 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
     join_stage(&mut upstream, &deadline, failed).await;
     join_stage(&mut control, &deadline, failed).await;
     join_stage(&mut plane, &deadline, failed).await;
+    if let Some(http) = http.as_mut() {
+        join_stage(http, &deadline, failed).await;
+    }
     // The writer ends once every other stage dropped its handle and the queue is committed.
     let mut abandoned = match writer_task.join_by(&deadline).await {
         Joined::Done(Ok(n)) => Some(n),
@@ -229,7 +256,10 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
         for t in &late_sources {
             t.abort();
         }
-        for t in [&supervisor, &remote, &upstream, &control, &plane] {
+        for t in [&supervisor, &remote, &upstream, &control, &plane]
+            .into_iter()
+            .chain(http.as_ref())
+        {
             t.abort();
         }
         if abandoned.is_none() {

@@ -628,6 +628,9 @@ impl Agent {
             .arg("--config")
             .arg(&self.config)
             .env("RUST_LOG", "info")
+            // Many agents run at once: none listens on the default HTTP port unless its test
+            // gives it one (tests/tests/http.rs).
+            .env("EDGE_AGENT__CONTROL__HTTP", "")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)

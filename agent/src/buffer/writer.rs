@@ -403,10 +403,12 @@ impl Writer {
         let mut failing = false;
         let outcome = loop {
             self.liveness.enter();
+            let started = Instant::now();
             let result = self
                 .store
                 .commit_with(&rows, &acks, &aside, seq, self.capacity);
             self.liveness.leave();
+            self.status.commit_took(started.elapsed());
             match result {
                 Ok(outcome) => {
                     self.liveness

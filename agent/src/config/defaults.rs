@@ -50,6 +50,12 @@ pub fn confirm_timeout() -> Span {
 pub fn status_interval() -> Span {
     Span(Duration::from_secs(30))
 }
+pub fn http() -> String {
+    "127.0.0.1:9180".into()
+}
+pub fn health_grace() -> Span {
+    Span(Duration::from_secs(300))
+}
 
 // A source's decoder settings (`decoders`).
 pub fn no_read() -> String {

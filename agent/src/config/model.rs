@@ -303,6 +303,17 @@ pub struct Control {
     /// How often the retained status is published.
     #[serde(default = "defaults::status_interval")]
     pub status_interval: Span,
+    /// `IP:PORT` of the local HTTP server (`/metrics`, `/healthz`, `/status.json`, the status
+    /// page); `""` turns it off.
+    #[serde(default = "defaults::http")]
+    pub http: String,
+    /// A file whose first line is the bearer token every HTTP request must carry; required
+    /// when `http` is not a loopback address.
+    #[serde(default)]
+    pub http_token_file: Option<PathBuf>,
+    /// How long upstream may be unreachable before `/healthz` says unhealthy.
+    #[serde(default = "defaults::health_grace")]
+    pub health_grace: Span,
 }
 
 impl Default for Control {
@@ -312,6 +323,9 @@ impl Default for Control {
             trusted_keys: Vec::new(),
             confirm_timeout: defaults::confirm_timeout(),
             status_interval: defaults::status_interval(),
+            http: defaults::http(),
+            http_token_file: None,
+            health_grace: defaults::health_grace(),
         }
     }
 }
@@ -320,6 +334,13 @@ impl Control {
     /// The control socket path with the documented default applied.
     pub fn resolved_socket(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(default_socket)
+    }
+
+    /// The HTTP server's address; None: turned off (`http = ""`). Validation refuses an
+    /// address that does not parse.
+    pub fn http_addr(&self) -> Option<Result<std::net::SocketAddr, std::net::AddrParseError>> {
+        let text = self.http.trim();
+        (!text.is_empty()).then(|| text.parse())
     }
 }
 

@@ -232,6 +232,44 @@ pub(super) fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut 
             );
         }
     }
+    check_http(cfg, c, w);
+}
+
+/// `control.http` and its token: an address that parses, a token file that reads, and no
+/// address beyond loopback without a token.
+fn check_http(cfg: &Config, c: &mut Collector, w: &mut Collector) {
+    let ctl = &cfg.control;
+    let token = ctl.http_token_file.as_deref();
+    if let Some(path) = token {
+        if let Err(e) = crate::tls::read_password("control.http_token_file", path) {
+            c.push("control.http_token_file", e.to_string());
+        } else if let Some(warning) = crate::tls::exposure(path) {
+            w.push("control.http_token_file", warning);
+        }
+    }
+    match ctl.http_addr() {
+        None => {}
+        Some(Err(_)) => c.push(
+            "control.http",
+            format!(
+                "{:?} is not an address; write IP:PORT, e.g. \"127.0.0.1:9180\" or \"[::1]:9180\", or \"\" to turn the HTTP server off",
+                ctl.http
+            ),
+        ),
+        Some(Ok(addr)) if !addr.ip().is_loopback() && token.is_none() => c.push(
+            "control.http",
+            format!(
+                "{addr} is not a loopback address, so anyone on the network could read it: set control.http_token_file to a file whose first line is a bearer token (chmod 600 it), or listen on 127.0.0.1"
+            ),
+        ),
+        Some(Ok(_)) => {}
+    }
+    if ctl.health_grace.0.is_zero() {
+        c.push(
+            "control.health_grace",
+            "0s would call every reconnection unhealthy; use at least \"1s\" (default \"5m\")",
+        );
+    }
 }
 
 /// How a public key of `control.trusted_keys` begins (`edge-agent config keygen` writes it).

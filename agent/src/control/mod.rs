@@ -1,6 +1,7 @@
 //! Control: the local socket (`edge-agent status`), and the status document shared with the
 //! retained status topic.
 
+pub mod http;
 pub mod plane;
 mod render;
 pub mod replay;
@@ -71,6 +72,7 @@ pub fn status_json(stats: &BufferStats, board: &StatusBoard) -> Value {
             "set_aside": stats.set_aside,
             "error": board.storage_error(),
         },
+        "http": board.http(),
         "version": env!("CARGO_PKG_VERSION"),
     })
 }

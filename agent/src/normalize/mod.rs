@@ -28,6 +28,8 @@ pub struct Normalizer {
     correlation_window: Option<Duration>,
     correlator: SharedCorrelator,
     out: Vec<Decoded>,
+    /// This source's counters for `/metrics`: one atomic add per event.
+    tally: Arc<crate::status::SourceTally>,
 }
 
 impl Normalizer {
@@ -48,6 +50,7 @@ impl Normalizer {
             correlation_window: decoder.correlation_window(),
             correlator,
             out: Vec::new(),
+            tally: crate::status::tally().source(source),
         }
     }
 
@@ -98,6 +101,10 @@ impl Normalizer {
             .drain(..)
             .map(|Decoded { mut body, raw }| {
                 self.correlate(&mut body, now);
+                self.tally.count(&body);
+                if let Body::Exception(e) = &body {
+                    crate::status::tally().record_exception(&self.source, e, &raw, now);
+                }
                 Reading {
                     source: self.source.clone(),
                     station: self.station.clone(),

@@ -1,8 +1,10 @@
 //! The configuration's tests: loading and defaults here; `access`: broker URLs, TLS and
-//! credential files; `entries`: one problem hides no other.
+//! credential files; `entries`: one problem hides no other; `http`: the local HTTP server's
+//! address and token.
 
 mod access;
 mod entries;
+mod http;
 
 use std::path::Path;
 use std::time::Duration;
@@ -51,6 +53,9 @@ fn a_minimal_file_gets_the_documented_defaults() {
     assert_eq!(cfg.upstream.replay_rate, 2000);
     assert_eq!(cfg.upstream.topic_prefix, "edge");
     assert_eq!(cfg.control.status_interval.0, Duration::from_secs(30));
+    assert_eq!(cfg.control.http, "127.0.0.1:9180");
+    assert_eq!(cfg.control.health_grace.0, Duration::from_secs(300));
+    assert!(cfg.control.http_token_file.is_none());
 }
 
 #[test]
