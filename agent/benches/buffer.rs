@@ -27,6 +27,7 @@ fn reading(i: u64) -> Reading {
             gs1: Default::default(),
         }),
         raw: code.into_bytes(),
+        receipt: None,
     }
 }
 

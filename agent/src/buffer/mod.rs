@@ -2,7 +2,7 @@
 //!
 //! # Design
 //!
-//! One redb file (`storage.path`), four tables:
+//! One redb file (`storage.path`), six tables:
 //!
 //! - `events`: `u64` seq → `[observed_at ms: u64 big-endian][CBOR envelope]`. Every stored event,
 //!   pending or delivered. The seq is assigned by the writer in commit order, so key order is
@@ -17,6 +17,11 @@
 //!   (pruning skips them; only a full buffer deletes them, like delivered rows), listed by
 //!   `edge-agent inspect`, counted in status, and reported to central as an `exception` that
 //!   carries their first 4 KiB, committed in the same transaction.
+//! - `mqtt_receipts` and `mqtt_allocation`: what identifies each stored MQTT message whose
+//!   PUBACK the site broker has not confirmed reading (session, packet id, digest), written in
+//!   the commit that stores it, so that a redelivery is acknowledged and not stored twice
+//!   (see `receipts.rs`, and `sources::mqtt::redelivery` for why that never merges two
+//!   readings).
 //!
 //! Capacity: the values may take half of `storage.max_bytes` (the rest is B-tree structure and
 //! the free pages a copy-on-write commit needs). A commit that would go over first deletes the
@@ -56,11 +61,13 @@
 
 #[cfg(test)]
 mod crash_tests;
+mod receipts;
 mod store;
 mod writer;
 
+pub use receipts::{Allocation, Digest, Forget, Receipt, Stored as StoredReceipts};
 pub use store::{
-    inspect, BufferStats, Capacity, CommitOutcome, Inspection, NewRow, PendingRow, Store,
-    StoreError,
+    inspect, BufferStats, Capacity, CommitOutcome, Inspection, NewRow, PendingRow, Settlement,
+    Store, StoreError,
 };
 pub use writer::{spawn_writer, Appended, Reading, WriterClosed, WriterHandle};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::receipts::{Forget, Receipt, Stored};
 use crate::config::OnFull;
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -66,6 +67,19 @@ impl Capacity {
             on_full: OnFull::DropOldest,
         }
     }
+}
+
+/// What a commit settles besides storing rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settlement<'a> {
+    /// Events upstream acknowledged.
+    pub acked: &'a [u64],
+    /// Events that cannot be read back, with why.
+    pub set_aside: &'a [(u64, String)],
+    /// MQTT receipts of rows of this commit, by index in `rows`.
+    pub receipts: &'a [(usize, Receipt)],
+    /// MQTT receipts no longer needed.
+    pub forget: &'a [Forget],
 }
 
 /// What a commit did besides storing.
@@ -281,6 +295,8 @@ impl Store {
             txn.open_table(PENDING)?;
             txn.open_table(META)?;
             txn.open_table(SET_ASIDE)?;
+            txn.open_table(super::receipts::RECEIPTS)?;
+            txn.open_table(super::receipts::ALLOCATION)?;
         }
         txn.commit()?;
         Ok(Store {
@@ -311,19 +327,30 @@ impl Store {
         next_seq: u64,
         cap: Capacity,
     ) -> Result<CommitOutcome, StoreError> {
-        self.commit_with(rows, acked, &[], next_seq, cap)
+        let settle = Settlement {
+            acked,
+            ..Settlement::default()
+        };
+        self.commit_with(rows, &settle, next_seq, cap)
     }
 
-    /// [`Store::commit`], also setting events aside: each (seq, why) leaves `pending` and is
-    /// kept in `events` (not pruned) with its reason in `set_aside`.
+    /// [`Store::commit`] with everything else a commit may settle: events set aside (each
+    /// leaves `pending` and is kept in `events`, not pruned, with its reason in `set_aside`),
+    /// and MQTT receipts (see `receipts`): those of the stored rows are written, forgotten ones
+    /// removed.
     pub fn commit_with(
         &self,
         rows: &[NewRow],
-        acked: &[u64],
-        set_aside: &[(u64, String)],
+        settle: &Settlement<'_>,
         next_seq: u64,
         cap: Capacity,
     ) -> Result<CommitOutcome, StoreError> {
+        let Settlement {
+            acked,
+            set_aside,
+            receipts,
+            forget,
+        } = *settle;
         let txn = self.db()?.begin_write()?;
         let mut out = CommitOutcome::default();
         {
@@ -405,8 +432,23 @@ impl Store {
                 meta.insert(DROPPED, total)?;
             }
         }
+        // Receipts of the rows stored (not of skipped or refused ones: their messages are
+        // acknowledged as dropped, or not at all and sent again).
+        let stored = out.skipped..out.skipped + out.stored;
+        let remember: Vec<&Receipt> = receipts
+            .iter()
+            .filter(|(i, _)| stored.contains(i))
+            .map(|(_, r)| r)
+            .collect();
+        super::receipts::apply(&txn, &remember, forget)?;
         txn.commit()?;
         Ok(out)
+    }
+
+    /// The stored receipts and packet id allocation of one MQTT session.
+    pub fn receipts(&self, session: &str) -> Result<Stored, StoreError> {
+        let txn = self.db()?.begin_read()?;
+        super::receipts::load(&txn, session)
     }
 
     /// Deletes delivered events observed before `cutoff_ms`, at most `limit` of them, oldest
@@ -787,8 +829,11 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         s.commit_with(
             &[],
-            &[1, 3],
-            &[(2, "not CBOR".into())],
+            &Settlement {
+                acked: &[1, 3],
+                set_aside: &[(2, "not CBOR".into())],
+                ..Settlement::default()
+            },
             4,
             Capacity::unlimited(),
         )

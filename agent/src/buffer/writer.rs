@@ -9,7 +9,8 @@ use edge_protocol::{Body, Envelope, Role};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Capacity, CommitOutcome, NewRow, Store};
+use super::receipts::{Forget, Receipt};
+use super::store::{Capacity, CommitOutcome, NewRow, Settlement, Store};
 use crate::status::StatusBoard;
 use crate::time::{format_rfc3339_ms, now_ms};
 
@@ -36,6 +37,8 @@ pub struct Reading {
     pub observed_ms: u64,
     pub body: Body,
     pub raw: Vec<u8>,
+    /// An MQTT message's receipt, written in the same commit (see `receipts`).
+    pub receipt: Option<Receipt>,
 }
 
 /// What became of a reading that asked for confirmation.
@@ -71,6 +74,8 @@ enum Settle {
     Acked(Vec<u64>),
     /// Cannot be read back: kept in the file, no longer pending, reported to central.
     SetAside { seq: u64, why: String, raw: Vec<u8> },
+    /// MQTT receipts no longer needed (the site broker confirmed reading their PUBACKs).
+    Forget(Vec<Forget>),
 }
 
 /// An unreadable row's bytes carried by its exception, at most.
@@ -109,6 +114,8 @@ pub struct WriterHandle {
     /// `QUEUE_BYTES`, as permits of one byte.
     bytes: Arc<tokio::sync::Semaphore>,
     liveness: Arc<Liveness>,
+    /// For reading what sources need back (MQTT receipts).
+    store: Store,
 }
 
 /// Whether the writer thread is alive while commits fail: the watchdog's view of a stage that
@@ -191,6 +198,25 @@ impl WriterHandle {
         self.settle(Settle::SetAside { seq, why, raw })
     }
 
+    /// The stored receipts of one MQTT session (read off the async workers).
+    pub async fn receipts(
+        &self,
+        session: &str,
+    ) -> Result<super::receipts::Stored, super::StoreError> {
+        let (store, session) = (self.store.clone(), session.to_string());
+        tokio::task::spawn_blocking(move || store.receipts(&session))
+            .await
+            .unwrap_or(Err(super::StoreError::Reopening))
+    }
+
+    /// Removes MQTT receipts that are no longer needed, in a coming commit.
+    pub fn forget(&self, f: Vec<Forget>) -> Result<(), WriterClosed> {
+        if f.is_empty() {
+            return Ok(());
+        }
+        self.settle(Settle::Forget(f))
+    }
+
     fn settle(&self, s: Settle) -> Result<(), WriterClosed> {
         self.acks.send(s).map_err(|_| WriterClosed)?;
         // Wake the writer if it is idle; if its queue is full it is busy and drains acks first.
@@ -242,6 +268,7 @@ pub fn spawn_writer(
     });
     let (committed_tx, committed_rx) = watch::channel(next_seq.saturating_sub(1));
     let liveness = Arc::new(Liveness::default());
+    let reader = store.clone();
     let writer = Writer {
         liveness: liveness.clone(),
         store,
@@ -266,6 +293,7 @@ pub fn spawn_writer(
             committed: committed_rx,
             bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
             liveness,
+            store: reader,
         },
         join,
     ))
@@ -333,6 +361,8 @@ impl Writer {
         let mut confirms = Vec::new();
         let mut held = Vec::new();
         let mut pings = Vec::new();
+        let mut forget = Vec::new();
+        let mut receipts = Vec::new();
         let mut ticked = false;
         let mut seq = self.next_seq;
         for cmd in group.iter_mut() {
@@ -359,6 +389,7 @@ impl Writer {
                         detail,
                     ),
                     raw: std::mem::take(raw),
+                    receipt: None,
                 });
             }
         }
@@ -376,6 +407,10 @@ impl Writer {
                     None
                 }
                 Command::Settle(Settle::SetAside { .. }) => None,
+                Command::Settle(Settle::Forget(f)) => {
+                    forget.extend(f);
+                    None
+                }
                 Command::Ping(p) => {
                     pings.push(p);
                     None
@@ -387,8 +422,11 @@ impl Writer {
                 Command::Wake => None,
             }))
             .collect::<Vec<_>>();
-        for (r, confirm) in appends {
+        for (mut r, confirm) in appends {
             let observed_ms = r.observed_ms;
+            if let Some(receipt) = r.receipt.take() {
+                receipts.push((rows.len(), receipt));
+            }
             let cbor = self.envelope(seq, r).to_cbor();
             rows.push(NewRow {
                 seq,
@@ -404,9 +442,13 @@ impl Writer {
         let outcome = loop {
             self.liveness.enter();
             let started = Instant::now();
-            let result = self
-                .store
-                .commit_with(&rows, &acks, &aside, seq, self.capacity);
+            let settle = Settlement {
+                acked: &acks,
+                set_aside: &aside,
+                receipts: &receipts,
+                forget: &forget,
+            };
+            let result = self.store.commit_with(&rows, &settle, seq, self.capacity);
             self.liveness.leave();
             self.status.commit_took(started.elapsed());
             match result {
@@ -571,6 +613,7 @@ impl Writer {
                 count: Some(count),
             }),
             raw: Vec::new(),
+            receipt: None,
         });
     }
 
@@ -654,6 +697,7 @@ mod tests {
             observed_ms: now_ms(),
             body: Body::exception(edge_protocol::event::ExceptionReason::Undecodable, "large"),
             raw,
+            receipt: None,
         }
     }
 

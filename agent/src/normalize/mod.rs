@@ -112,6 +112,7 @@ impl Normalizer {
                     observed_ms: now,
                     body,
                     raw,
+                    receipt: None,
                 }
             })
             .collect();

@@ -18,6 +18,7 @@
 //! with brokers that send past the Receive Maximum we announce. The connection is in `link`.
 
 mod link;
+mod redelivery;
 mod subscriptions;
 
 use std::collections::VecDeque;
@@ -29,19 +30,32 @@ use tokio::sync::oneshot;
 
 use super::SourceContext;
 use crate::backoff::Backoff;
-use crate::buffer::Appended;
+use crate::buffer::{Appended, Digest};
 use crate::config::{parse_mqtt_url, MqttSource};
 use crate::normalize::Normalizer;
 use crate::status::SourceState;
 use crate::tls::Access;
 use link::{Link, LinkError, Settings, Version};
+use redelivery::{Redeliveries, Verdict};
 
 /// How long the site broker keeps our session (subscriptions and undelivered messages) while
 /// the agent is away.
 const SESSION_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// Readings waiting for their commit, oldest first, with the packet id to acknowledge after.
-type Unacked = VecDeque<(oneshot::Receiver<Appended>, u16)>;
+/// Messages waiting for their commit, oldest first, with the packet id to acknowledge after
+/// and what their receipt is.
+type Unacked = VecDeque<(oneshot::Receiver<Appended>, u16, Track)>;
+
+/// What a QoS 1 message leaves in the buffer's receipts (see `redelivery`).
+#[derive(Debug, Clone, Copy)]
+enum Track {
+    /// Stored with its receipt.
+    Stored(Digest),
+    /// A redelivery of a stored message, whose receipt is there already.
+    Redelivered(Digest),
+    /// No receipt (a message that made no reading).
+    Untracked,
+}
 
 impl MqttSource {
     /// Connection settings, with TLS settings and credentials read from their files now.
@@ -86,6 +100,11 @@ impl MqttSource {
         // The version this broker answered in, kept while the agent runs (MQTT 5 is tried
         // again after a restart).
         let mut version = None;
+        // Receipts of stored messages not yet confirmed, loaded at the first session.
+        let mut receipts: Option<Redeliveries> = None;
+        // Messages handed to the writer: kept across a reconnection until their commit is
+        // decided, so that what was stored is known when the broker sends it again.
+        let mut unacked = Unacked::new();
         loop {
             let delay = match self.settings(&site, &key) {
                 Err(why) => {
@@ -93,16 +112,18 @@ impl MqttSource {
                     backoff.next_delay()
                 }
                 Ok(settings) => {
+                    let mut state = Session {
+                        version: &mut version,
+                        receipts: &mut receipts,
+                        unacked: &mut unacked,
+                        backoff: &mut backoff,
+                    };
                     let outcome = self
-                        .session(
-                            &settings,
-                            &mut version,
-                            &mut norm,
-                            &ctx,
-                            &mut backoff,
-                            refused,
-                        )
+                        .session(&settings, &mut state, &mut norm, &ctx, refused)
                         .await;
+                    if !self.settle(&mut unacked, &mut receipts, &ctx).await {
+                        return;
+                    }
                     refused = matches!(outcome, Ok(Exit::Refused));
                     match outcome {
                         Ok(Exit::Shutdown) => return,
@@ -136,12 +157,17 @@ impl MqttSource {
     async fn session(
         &self,
         settings: &Settings,
-        version: &mut Option<Version>,
+        state: &mut Session<'_>,
         norm: &mut Normalizer,
         ctx: &SourceContext,
-        backoff: &mut Backoff,
         after_refusal: bool,
     ) -> Result<Exit, LinkError> {
+        let Session {
+            version,
+            receipts,
+            unacked,
+            backoff,
+        } = state;
         let (mut link, ack) = tokio::select! {
             // Cancel-safe enough: an abandoned connection attempt is simply closed (and the
             // version is learnt only from a finished one).
@@ -156,6 +182,20 @@ impl MqttSource {
         // Filters an earlier configuration subscribed to: the broker's session still has them.
         let memory = subscriptions::path_for(&ctx.config.storage.resolved_path());
         let session = subscriptions::session_key(&self.url, &settings.client_id);
+        let receipts = match receipts {
+            Some(r) if r.session().as_ref() == session => r,
+            _ => {
+                let stored = ctx.writer.receipts(&session).await.unwrap_or_else(|e| {
+                    tracing::warn!(source = %self.id, "reading the receipts of stored messages: {e}; redeliveries of messages stored before are stored again");
+                    Default::default()
+                });
+                receipts.insert(Redeliveries::new(session.as_str().into(), stored))
+            }
+        };
+        if !ack.session_present && receipts.len() > 0 {
+            // The broker kept nothing for us: none of the stored messages comes again.
+            let _ = ctx.writer.forget(vec![receipts.clean_session()]);
+        }
         let remembered = {
             let (path, key) = (memory.clone(), session.clone());
             // Shares a lock with the fsync'd writes: off the async workers.
@@ -186,6 +226,12 @@ impl MqttSource {
             "connected to {} ({protocol}, session present: {})",
             self.url, ack.session_present
         );
+        // What status shows while open: the connection, and why redeliveries are stored again
+        // if they are.
+        let opened_with = |r: &Redeliveries| match &r.note {
+            Some(note) => format!("{opened}; {note}"),
+            None => opened.clone(),
+        };
         // Shown open once the broker accepted the subscriptions (after a refusal: once a
         // reading is stored again).
         let mut shown_open = false;
@@ -195,14 +241,13 @@ impl MqttSource {
             if !after_refusal {
                 shown_open = true;
                 ctx.status
-                    .set_source(&self.id, SourceState::Open, opened.clone());
+                    .set_source(&self.id, SourceState::Open, opened_with(receipts));
                 tracing::info!(source = %self.id, "resumed the session at site broker {} ({protocol})", self.url);
             }
         }
         // Topics whose messages were ignored (logged once each per session).
         let mut ignored = std::collections::HashSet::new();
         let window = u64::from(self.receive_maximum);
-        let mut unacked = Unacked::new();
         let mut read = Received::default();
         let mut flow = Flow::default();
         let mut keep_alive = tokio::time::interval_at(
@@ -222,11 +267,22 @@ impl MqttSource {
                             tracing::info!(source = %self.id, "ignoring messages on {:?}, which is not in topics", String::from_utf8_lossy(&p.topic));
                         }
                         if p.qos != QoS::AtMostOnce {
+                            // Its id counts in the broker's sequence all the same.
+                            receipts.arrive(p.pkid, p.dup, &[0; 16]);
                             link.ack(p.pkid)?;
                             link.flush().await?;
                         }
                     }
-                    Some(Packet::PingResp(_)) => flow.pong(),
+                    Some(Packet::PingResp(_)) => {
+                        let forget = flow
+                            .pong()
+                            .into_iter()
+                            .filter_map(|(pkid, d)| receipts.confirmed(pkid, d?))
+                            .collect();
+                        if ctx.writer.forget(forget).is_err() {
+                            return Ok(Exit::Shutdown);
+                        }
+                    }
                     Some(Packet::SubAck(_)) if after_refusal => {
                         backoff.up();
                         self.remember(&memory, &session).await
@@ -236,7 +292,7 @@ impl MqttSource {
                         self.remember(&memory, &session).await;
                         shown_open = true;
                         ctx.status
-                            .set_source(&self.id, SourceState::Open, opened.clone());
+                            .set_source(&self.id, SourceState::Open, opened_with(receipts));
                         tracing::info!(source = %self.id, "subscribed at site broker {} ({protocol})", self.url);
                     }
                     // Filters removed without a SUBSCRIBE after them: recorded now.
@@ -254,22 +310,26 @@ impl MqttSource {
                     break;
                 }
                 let Some(p) = read.pop() else { break };
-                if !self.take(p, norm, ctx, &mut unacked, &mut flow).await {
+                if !self.take(p, norm, ctx, unacked, receipts, &mut flow).await {
                     return Ok(Exit::Shutdown);
                 }
+            }
+            if std::mem::take(&mut receipts.noted) && shown_open {
+                ctx.status
+                    .set_source(&self.id, SourceState::Open, opened_with(receipts));
             }
             tokio::select! {
                 // PUBACKs first: each leaves as soon as its reading is committed.
                 biased;
                 // Cancel-safe: awaiting `&mut Receiver` leaves it in place if not ready.
-                outcome = oldest(&mut unacked), if !unacked.is_empty() => {
-                    let (acked, refused) = self.ack_committed(&mut link, &mut unacked, outcome)?;
+                outcome = oldest(unacked), if !unacked.is_empty() => {
+                    let (acked, refused) =
+                        self.ack_committed(Some(&mut link), unacked, receipts, outcome, &mut flow)?;
                     if acked > 0 && !shown_open {
                         shown_open = true;
-                        ctx.status.set_source(&self.id, SourceState::Open, opened.clone());
+                        ctx.status.set_source(&self.id, SourceState::Open, opened_with(receipts));
                     }
                     if acked > 0 {
-                        flow.acked(acked);
                         // Confirms them once the broker answers.
                         flow.pinged();
                         link.ping()?;
@@ -293,20 +353,52 @@ impl MqttSource {
             }
         };
         if let Exit::Shutdown = exit {
-            self.finish(&mut link, unacked).await;
+            self.finish(&mut link, unacked, receipts).await;
         }
         Ok(exit)
     }
 
-    /// Hands one message to the writer; false if the writer has stopped.
+    /// Hands one message to the writer, or acknowledges it as a redelivery of a stored one;
+    /// false if the writer has stopped.
     async fn take(
         &self,
         p: Publish,
         norm: &mut Normalizer,
         ctx: &SourceContext,
         unacked: &mut Unacked,
+        receipts: &mut Redeliveries,
         flow: &mut Flow,
     ) -> bool {
+        let mut track = Track::Untracked;
+        if p.qos != QoS::AtMostOnce {
+            let d = redelivery::digest(&p.topic, &p.payload);
+            let (verdict, broke) = receipts.arrive(p.pkid, p.dup, &d);
+
+            if let Some(b) = broke {
+                let why = format!(
+                    "site broker {} does not give out packet identifiers in sequence (expected {}, got {}), so a message it sends again cannot be told from an equal new one: redelivered messages are stored again (after a crash up to receive_maximum = {} readings may be stored twice, with new ids)",
+                    self.url, b.expected, b.got, self.receive_maximum
+                );
+                tracing::warn!(source = %self.id, "{why}");
+                receipts.note = Some(why);
+                receipts.noted = true;
+            }
+            if !p.dup && flow.redelivered > flow.redelivered_told {
+                // The broker is through with what it sent again.
+                tracing::info!(source = %self.id, "the site broker sent {} messages again that were already stored; acknowledged without storing them twice", flow.redelivered - flow.redelivered_told);
+                flow.redelivered_told = flow.redelivered;
+            }
+            if verdict == Verdict::Redelivery {
+                // Stored already (its receipt says so): acknowledged in its turn, not stored.
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Appended::Committed(0));
+                unacked.push_back((rx, p.pkid, Track::Redelivered(d)));
+                flow.stored += 1;
+                flow.redelivered += 1;
+                return true;
+            }
+            track = Track::Stored(d);
+        }
         let mut readings = norm.message(&p.payload);
         // A message is one reading with every decoder an MQTT source may have; should a
         // decoder make more, the last one's commit confirms all (commits keep queue order),
@@ -319,12 +411,16 @@ impl MqttSource {
             }
         }
         let confirmed = match last {
-            Some(reading) => {
+            Some(mut reading) => {
                 ctx.status.source_reading(&self.id, reading.observed_ms);
+                if let Track::Stored(d) = track {
+                    reading.receipt = receipts.receipt(p.pkid, d);
+                }
                 // Waits only when the writer's queue is full: back-pressure on the broker.
                 ctx.writer.append_confirmed(reading).await
             }
             None => {
+                track = Track::Untracked;
                 let (tx, rx) = oneshot::channel();
                 let _ = tx.send(Appended::Committed(0));
                 Ok(rx)
@@ -334,7 +430,7 @@ impl MqttSource {
             // QoS 0 is never acknowledged (nor redelivered).
             Ok(confirmed) => {
                 if p.qos != QoS::AtMostOnce {
-                    unacked.push_back((confirmed, p.pkid));
+                    unacked.push_back((confirmed, p.pkid, track));
                     flow.stored += 1;
                 }
                 true
@@ -343,29 +439,43 @@ impl MqttSource {
         }
     }
 
-    /// Queues the PUBACK of the oldest reading (whose fate is `outcome`) and of every one after
+    /// Queues the PUBACK of the oldest message (whose fate is `outcome`) and of every one after
     /// it that is already committed (a commit group confirms many at once), stopping at the first
     /// that is not decided. Returns how many it acknowledged and whether the buffer refused any
-    /// (no PUBACK: the broker redelivers).
+    /// (no PUBACK: the broker redelivers). Without a link (the connection is gone) it only
+    /// records what was stored.
     fn ack_committed(
         &self,
-        link: &mut Link,
+        mut link: Option<&mut Link>,
         unacked: &mut Unacked,
+        receipts: &mut Redeliveries,
         mut outcome: Option<Appended>,
+        flow: &mut Flow,
     ) -> Result<(u64, bool), LinkError> {
         let mut refused = false;
         let mut acked = 0;
-        while let Some((_, pkid)) = unacked.pop_front() {
+        while let Some((_, pkid, track)) = unacked.pop_front() {
             match outcome {
                 Some(Appended::Committed(_)) => {
-                    link.ack(pkid)?;
-                    acked += 1;
+                    let digest = match track {
+                        Track::Stored(d) => {
+                            receipts.stored(pkid, d);
+                            Some(d)
+                        }
+                        Track::Redelivered(d) => Some(d),
+                        Track::Untracked => None,
+                    };
+                    if let Some(link) = link.as_deref_mut() {
+                        link.ack(pkid)?;
+                        flow.acked(pkid, digest);
+                        acked += 1;
+                    }
                 }
                 Some(Appended::Refused) => refused = true,
                 // Not stored (the writer is stopping): the broker redelivers it.
                 None => {}
             }
-            let Some((rx, _)) = unacked.front_mut() else {
+            let Some((rx, _, _)) = unacked.front_mut() else {
                 break;
             };
             outcome = match rx.try_recv() {
@@ -377,12 +487,39 @@ impl MqttSource {
         Ok((acked, refused))
     }
 
+    /// After a session ended: waits until the commits of what it handed to the writer are
+    /// decided and records the receipts of what was stored, so that the next session knows them
+    /// when the broker sends those messages again. False on shutdown.
+    async fn settle(
+        &self,
+        unacked: &mut Unacked,
+        receipts: &mut Option<Redeliveries>,
+        ctx: &SourceContext,
+    ) -> bool {
+        let Some(receipts) = receipts.as_mut() else {
+            unacked.clear();
+            return true;
+        };
+        let mut flow = Flow::default();
+        while !unacked.is_empty() {
+            tokio::select! {
+                // Cancel-safe: awaiting `&mut Receiver` leaves it in place if not ready.
+                outcome = oldest(unacked) => {
+                    let _ = self.ack_committed(None, unacked, receipts, outcome, &mut flow);
+                }
+                _ = ctx.shutdown.cancelled() => return false,
+            }
+        }
+        true
+    }
+
     /// At shutdown: acknowledge what the writer commits, then disconnect cleanly.
-    async fn finish(&self, link: &mut Link, mut unacked: Unacked) {
+    async fn finish(&self, link: &mut Link, unacked: &mut Unacked, receipts: &mut Redeliveries) {
+        let mut flow = Flow::default();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while !unacked.is_empty() {
-                let outcome = oldest(&mut unacked).await;
-                self.ack_committed(link, &mut unacked, outcome)?;
+                let outcome = oldest(unacked).await;
+                self.ack_committed(Some(link), unacked, receipts, outcome, &mut flow)?;
                 link.flush().await?;
             }
             link.disconnect().await
@@ -499,7 +636,7 @@ fn to_subscribe(
 /// Resolves when the oldest queued reading's fate is decided (None: the writer stopped).
 async fn oldest(unacked: &mut Unacked) -> Option<Appended> {
     match unacked.front_mut() {
-        Some((rx, _)) => rx.await.ok(),
+        Some((rx, _, _)) => rx.await.ok(),
         None => std::future::pending().await,
     }
 }
@@ -541,14 +678,21 @@ impl Received {
 /// redeliver although it was already stored.
 #[derive(Default)]
 struct Flow {
-    /// QoS 1 messages handed to the writer.
+    /// QoS 1 messages handed to the writer (or recognised as redeliveries).
     stored: u64,
+    /// Of those, redeliveries of stored messages, acknowledged without storing.
+    redelivered: u64,
+    /// `redelivered` when last logged.
+    redelivered_told: u64,
     /// PUBACKs written.
     acked: u64,
     /// PUBACKs the broker has read (confirmed by a PINGRESP).
     confirmed: u64,
     /// `acked` when each PINGREQ still unanswered was sent, oldest first.
     marks: VecDeque<u64>,
+    /// The PUBACKs written and not yet confirmed, oldest first, with their message's digest
+    /// when it has a receipt.
+    written: VecDeque<(u16, Option<Digest>)>,
 }
 
 impl Flow {
@@ -557,9 +701,10 @@ impl Flow {
         self.stored - self.confirmed < window
     }
 
-    /// `n` more PUBACKs are queued.
-    fn acked(&mut self, n: u64) {
-        self.acked += n;
+    /// One more PUBACK is queued.
+    fn acked(&mut self, pkid: u16, digest: Option<Digest>) {
+        self.acked += 1;
+        self.written.push_back((pkid, digest));
     }
 
     /// A PINGREQ is queued after every PUBACK so far: its PINGRESP confirms them.
@@ -567,12 +712,24 @@ impl Flow {
         self.marks.push_back(self.acked);
     }
 
-    /// A PINGRESP came: the PUBACKs before its PINGREQ are confirmed.
-    fn pong(&mut self) {
-        if let Some(mark) = self.marks.pop_front() {
-            self.confirmed = mark;
-        }
+    /// A PINGRESP came: the PUBACKs before its PINGREQ are confirmed. Returns them.
+    fn pong(&mut self) -> Vec<(u16, Option<Digest>)> {
+        let Some(mark) = self.marks.pop_front() else {
+            return Vec::new();
+        };
+        let n = mark.saturating_sub(self.confirmed) as usize;
+        self.confirmed = mark;
+        self.written.drain(..n.min(self.written.len())).collect()
     }
+}
+
+/// What a source keeps across its sessions, lent to each.
+struct Session<'a> {
+    /// The MQTT version the broker answered in.
+    version: &'a mut Option<Version>,
+    receipts: &'a mut Option<Redeliveries>,
+    unacked: &'a mut Unacked,
+    backoff: &'a mut Backoff,
 }
 
 /// Why a session ended.
@@ -653,18 +810,25 @@ station = "sort-01"
             flow.stored += 1;
         }
         assert!(!flow.room(10), "ten stored, none confirmed");
-        flow.acked(6);
+        for id in 1..=6 {
+            flow.acked(id, None);
+        }
         flow.pinged();
         assert!(
             !flow.room(10),
             "PUBACKs written but not yet read by the broker"
         );
-        flow.acked(4);
+        for id in 7..=10 {
+            flow.acked(id, Some([id as u8; 16]));
+        }
         flow.pinged();
-        flow.pong();
+        let first: Vec<u16> = flow.pong().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(first, [1, 2, 3, 4, 5, 6], "the first batch, in order");
         assert_eq!(flow.stored - flow.confirmed, 4);
         assert!(flow.room(10));
-        flow.pong();
+        let second = flow.pong();
+        assert_eq!(second.len(), 4);
+        assert_eq!(second[0], (7, Some([7; 16])), "with their digests");
         assert_eq!(
             flow.confirmed, 10,
             "the second PINGRESP confirms the second batch"
@@ -682,7 +846,9 @@ station = "sort-01"
             stored: 3,
             ..Flow::default()
         };
-        flow.acked(3);
+        for id in 1..=3 {
+            flow.acked(id, None);
+        }
         flow.pinged(); // keep-alive, with PUBACKs already out
         flow.pong();
         assert_eq!(flow.confirmed, 3);
