@@ -13,5 +13,6 @@ pub mod framing;
 pub mod gs1;
 pub mod rules;
 pub mod scale;
+pub mod schema;
 
 pub use event::{Body, Envelope, Kind, Role, SCHEMA};
