@@ -9,6 +9,7 @@ pub mod app;
 pub mod backoff;
 pub mod buffer;
 pub mod config;
+pub mod link;
 pub mod control;
 pub mod demo;
 pub mod normalize;

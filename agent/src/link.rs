@@ -1,12 +1,13 @@
-//! One connection to a site broker as a subscriber: connect (TCP or TLS), subscribe, read
-//! packets, write PUBACKs. Packets are encoded and decoded by rumqttc's codecs (`mqttbytes`:
-//! `v5` for MQTT 5, `v4` for MQTT 3.1.1); the connection itself is ours so that the source
-//! decides when to read.
+//! One MQTT connection of ours: connect (TCP or TLS), subscribe, read packets, write PUBACKs
+//! and QoS 1 PUBLISHes. The MQTT sources read site brokers through it, and upstream publishes
+//! to central through it. Packets are decoded by rumqttc's codecs (`mqttbytes`: `v5` for MQTT 5,
+//! `v4` for MQTT 3.1.1) and PUBLISH is encoded here straight into the output buffer; the
+//! connection itself is ours so that its user decides when to read and when to write.
 //!
 //! MQTT 5 first; a broker that refuses it gets MQTT 3.1.1 (see [`Link::open`]). Whichever is
-//! spoken, the source sees one packet model, MQTT 5's: a 3.1.1 packet is handed on as the MQTT 5
-//! packet that means the same (3.1.1 is a subset), and the source writes through the methods
-//! here, which encode for the version in use.
+//! spoken, the user sees one packet model, MQTT 5's: a 3.1.1 packet is handed on as the MQTT 5
+//! packet that means the same (3.1.1 is a subset), and writes go through the methods here,
+//! which encode for the version in use.
 //!
 //! Why not rumqttc's event loop: it reads up to ten packets for each request (a PUBACK) it
 //! writes, and some brokers (mosquitto 2.0.11 here) send far past the Receive Maximum we
@@ -80,6 +81,22 @@ pub struct Settings {
     /// The largest packet we accept; the broker must not send larger (MQTT 5; in 3.1.1 it
     /// cannot be told, see `V311_MAX_PACKET`).
     pub max_packet: u32,
+    /// Tell an MQTT 5 broker `max_packet` (it then drops larger messages for us unseen), or
+    /// only enforce it here (the connection ends on a larger one, which its user may want to
+    /// know about).
+    pub announce_max_packet: bool,
+    /// Start without the broker's session (upstream: delivery is tracked in the buffer), or
+    /// resume it (sources: the broker keeps what we did not acknowledge).
+    pub clean_start: bool,
+    /// The Last Will: published retained with QoS 1 by the broker if we vanish.
+    pub will: Option<Will>,
+}
+
+/// A Last Will message.
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: String,
+    pub payload: Vec<u8>,
 }
 
 /// Why a connection ended or could not be made.
@@ -94,6 +111,10 @@ pub enum LinkError {
     Protocol(String),
     /// The broker closed the connection without answering our CONNECT in this version.
     ClosedAtConnect(Version),
+    /// The broker sent a packet larger than we take (bytes).
+    TooLarge(usize),
+    /// The broker refused a message we published (MQTT 5 PUBACK reason code).
+    PublishRefused(u16, rumqttc::v5::mqttbytes::v5::PubAckReason),
     /// What came back to our CONNECT in this version is not an MQTT CONNACK: the first bytes
     /// (escaped) and, if the codec said why, why.
     NotMqtt(Version, String),
@@ -137,6 +158,13 @@ impl fmt::Display for LinkError {
                 )
             }
             LinkError::Protocol(what) => write!(f, "protocol error: {what}"),
+            LinkError::TooLarge(n) => write!(
+                f,
+                "the broker sent a message of {n} bytes, more than this connection takes"
+            ),
+            LinkError::PublishRefused(pkid, reason) => {
+                write!(f, "the broker refused a published message (packet {pkid}: {reason:?}); check its access rules and limits for this client")
+            }
             LinkError::ClosedAtConnect(v) => {
                 write!(
                     f,
@@ -174,7 +202,10 @@ impl From<io::Error> for LinkError {
 
 impl From<CodecError> for LinkError {
     fn from(e: CodecError) -> Self {
-        LinkError::Protocol(e.to_string())
+        match e {
+            CodecError::PayloadSizeLimitExceeded { pkt_size, .. } => LinkError::TooLarge(pkt_size),
+            e => LinkError::Protocol(e.to_string()),
+        }
     }
 }
 
@@ -306,18 +337,27 @@ impl Link {
         properties.session_expiry_interval =
             Some(s.session_expiry.as_secs().min(u32::MAX as u64) as u32);
         properties.receive_maximum = Some(s.receive_maximum);
-        properties.max_packet_size = Some(s.max_packet);
+        properties.max_packet_size = s.announce_max_packet.then_some(s.max_packet);
         let connect = Connect {
             keep_alive: s.keep_alive.as_secs().min(u16::MAX as u64) as u16,
             client_id: s.client_id.clone(),
-            clean_start: false,
+            clean_start: s.clean_start,
             properties: Some(properties),
         };
         let login = s
             .login
             .as_ref()
             .map(|(u, p)| Login::new(u.as_str(), p.as_str()));
-        self.send(Packet::Connect(connect, None, login)).await
+        let will = s.will.as_ref().map(|w| {
+            rumqttc::v5::mqttbytes::v5::LastWill::new(
+                w.topic.clone(),
+                w.payload.clone(),
+                QoS::AtLeastOnce,
+                true,
+                None,
+            )
+        });
+        self.send(Packet::Connect(connect, will, login)).await
     }
 
     /// MQTT 3.1.1 has no session expiry (a persistent session lasts as long as the broker
@@ -329,8 +369,15 @@ impl Link {
             protocol: rumqttc::mqttbytes::Protocol::V4,
             keep_alive: s.keep_alive.as_secs().min(u16::MAX as u64) as u16,
             client_id: s.client_id.clone(),
-            clean_session: false,
-            last_will: None,
+            clean_session: s.clean_start,
+            last_will: s.will.as_ref().map(|w| {
+                v4::LastWill::new(
+                    w.topic.clone(),
+                    w.payload.clone(),
+                    rumqttc::mqttbytes::QoS::AtLeastOnce,
+                    true,
+                )
+            }),
             login: s.login.as_ref().map(|(u, p)| v4::Login::new(u, p)),
         };
         self.send_v311(v4::Packet::Connect(connect)).await
@@ -491,6 +538,10 @@ impl Link {
                 self.pings.pop_front();
             }
             Packet::SubAck(ack) => self.check_suback(ack.pkid, &ack.return_codes)?,
+            // Success (0) and "no matching subscribers" (16) are both delivered.
+            Packet::PubAck(ack) if ack.reason as u8 >= 0x80 => {
+                return Err(LinkError::PublishRefused(ack.pkid, ack.reason));
+            }
             Packet::Disconnect(d) => {
                 let reason = d.properties.as_ref().and_then(|p| p.reason_string.clone());
                 return Err(LinkError::Disconnected(d.reason_code, reason));
@@ -553,6 +604,7 @@ impl Link {
                     properties: None,
                 }),
                 v4::Packet::PingResp => Packet::PingResp(PingResp),
+                v4::Packet::PubAck(ack) => Packet::PubAck(PubAck::new(ack.pkid, None)),
                 v4::Packet::SubAck(ack) => Packet::SubAck(SubAck {
                     pkid: ack.pkid,
                     return_codes: ack
@@ -628,6 +680,60 @@ impl Link {
             Version::V311 => self.queue_v311(v4::Packet::PubAck(v4::PubAck::new(pkid)))?,
         };
         Ok(())
+    }
+
+    /// Queues a QoS 1 PUBLISH with packet id `pkid` ([`Link::flush`] writes it), encoded
+    /// straight into the output buffer. The topic must be a valid topic name (no wildcards).
+    pub fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+        pkid: u16,
+    ) -> Result<(), LinkError> {
+        if topic.len() > usize::from(u16::MAX) {
+            return Err(LinkError::Protocol(format!(
+                "topic of {} bytes is longer than MQTT allows",
+                topic.len()
+            )));
+        }
+        // Topic (length-prefixed), packet id, in MQTT 5 an empty property list, payload.
+        let props = usize::from(self.version == Version::V5);
+        let remaining = 2 + topic.len() + 2 + props + payload.len();
+        if remaining > 268_435_455 {
+            return Err(LinkError::Protocol(format!(
+                "message of {} bytes is larger than MQTT allows",
+                payload.len()
+            )));
+        }
+        self.output.reserve(remaining + 5);
+        self.output.extend_from_slice(&[0x32 | u8::from(retain)]);
+        let mut n = remaining;
+        loop {
+            let mut byte = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                byte |= 0x80;
+            }
+            self.output.extend_from_slice(&[byte]);
+            if n == 0 {
+                break;
+            }
+        }
+        self.output
+            .extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        self.output.extend_from_slice(topic.as_bytes());
+        self.output.extend_from_slice(&pkid.to_be_bytes());
+        if props == 1 {
+            self.output.extend_from_slice(&[0]);
+        }
+        self.output.extend_from_slice(payload);
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.output.len()
     }
 
     /// Writes what is queued.
@@ -740,6 +846,9 @@ mod tests {
             session_expiry: Duration::from_secs(7 * 24 * 3600),
             receive_maximum: 25,
             max_packet: 4096,
+            announce_max_packet: true,
+            clean_start: false,
+            will: None,
         }
     }
 

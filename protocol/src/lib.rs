@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod barcode;
+pub mod cloudevents;
 pub mod correlate;
 pub mod decimal;
 pub mod decoder;

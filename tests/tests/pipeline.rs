@@ -189,6 +189,88 @@ fn a_serial_and_an_mqtt_scanner_feed_one_agent_with_complete_envelopes_in_order(
     Ok(())
 }
 
+/// `upstream.batch`: a backlog goes out as JSON arrays of at most `batch` consecutive events of
+/// one topic; flattened they are every reading once, in order, with their envelopes whole.
+#[test]
+fn with_upstream_batch_a_backlog_goes_out_in_arrays_of_at_most_that_many_in_order() -> Result<()> {
+    let mut central = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    central.stop();
+    let mut pty = Pty::open()?;
+    let text = config(&central, &serial_source("scanner-pack-01", &pty, "pack-01"))
+        .replace("format = \"json\"\n", "format = \"json\"\nbatch = 20\n");
+    let agent = Agent::start(&text)?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    // 45 scans and, in the middle, a line that is no barcode: an exception, another topic.
+    for i in 0..45 {
+        if i == 30 {
+            pty.write(b"\x01\x02garbage\r\n")?;
+        }
+        pty.write(format!("LPN{i:06}\r\n").as_bytes())?;
+    }
+    wait_for("46 events buffered", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 46).then_some(())
+    })?;
+    central.restart()?;
+    let messages = wait_for("every event upstream", Duration::from_secs(60), || {
+        let all: Vec<_> = sink
+            .all()
+            .into_iter()
+            .filter(|r| r.topic.contains("/events/"))
+            .collect();
+        let n: usize = all
+            .iter()
+            .map(|r| r.json().as_array().map_or(0, Vec::len))
+            .sum();
+        (n >= 46).then_some(all)
+    })?;
+    let mut codes = Vec::new();
+    let mut seqs = Vec::new();
+    for m in &messages {
+        let Some(events) = m.json().as_array().cloned() else {
+            anyhow::bail!(
+                "not a JSON array on {}: {:?}",
+                m.topic,
+                String::from_utf8_lossy(&m.payload)
+            );
+        };
+        ensure!(
+            (1..=20).contains(&events.len()),
+            "{} events in one message",
+            events.len()
+        );
+        for e in &events {
+            ensure!(
+                m.topic
+                    .ends_with(&format!("/events/{}", e["kind"].as_str().unwrap_or(""))),
+                "an event of kind {} in a message on {}",
+                e["kind"],
+                m.topic
+            );
+            ensure!(e["schema"] == "edge.v1" && e["id"].is_string(), "{e}");
+            seqs.push(e["seq"].as_u64().unwrap_or(0));
+            if e["kind"] == "shipment.scan" {
+                codes.push(e["body"]["code"].as_str().unwrap_or("").to_string());
+            }
+        }
+    }
+    let want: Vec<String> = (0..45).map(|i| format!("LPN{i:06}")).collect();
+    ensure!(codes == want, "scans out of order or incomplete: {codes:?}");
+    ensure!(
+        seqs.windows(2).all(|w| w[0] < w[1]) && seqs.len() == 46,
+        "events once each, in seq order: {seqs:?}"
+    );
+    ensure!(
+        messages.len() >= 4,
+        "46 events in batches of 20 around an exception: at least 4 messages, got {}",
+        messages.len()
+    );
+    wait_for("the backlog to empty", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 0).then_some(())
+    })?;
+    Ok(())
+}
+
 #[test]
 fn upstream_down_at_start_then_everything_stored_is_delivered() -> Result<()> {
     let mut central = Broker::start()?;

@@ -101,6 +101,9 @@ impl Storage {
 pub enum Format {
     Cbor,
     Json,
+    /// CloudEvents 1.0 structured-mode JSON; `data` is the `json` event.
+    #[serde(rename = "cloudevents")]
+    CloudEvents,
 }
 
 /// `[upstream]`: the central ERP integration broker.
@@ -112,7 +115,7 @@ pub struct Upstream {
     /// First topic level of everything the agent publishes.
     #[serde(default = "defaults::topic_prefix")]
     pub topic_prefix: String,
-    /// `cbor` (default) or `json`.
+    /// `cbor` (default), `json` or `cloudevents`.
     #[serde(default = "defaults::format")]
     pub format: Format,
     /// Events published and not yet acknowledged (PUBACK) at most.
@@ -121,6 +124,10 @@ pub struct Upstream {
     /// Events per second at most while draining a backlog.
     #[serde(default = "defaults::replay_rate")]
     pub replay_rate: u32,
+    /// Up to this many consecutive events of one topic in one MQTT message (a JSON or CBOR
+    /// array); default 1: each event alone.
+    #[serde(default)]
+    pub batch: Option<u16>,
     /// MQTT client id; default `edge-agent-{site.id}`.
     #[serde(default)]
     pub client_id: Option<String>,

@@ -91,6 +91,12 @@ pub(super) fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut 
             "0 would never send; use 1 to 65535",
         );
     }
+    if up.batch == Some(0) {
+        c.push(
+            "upstream.batch",
+            "0 would never send; use 1 (each event alone) up to 65535",
+        );
+    }
     if up.replay_rate == 0 {
         c.push(
             "upstream.replay_rate",

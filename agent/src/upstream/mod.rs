@@ -1,11 +1,18 @@
 //! Upstream: publishes buffered events to the central broker and deletes them from the
 //! backlog only after their PUBACK.
 //!
-//! Every connection is a fresh rumqttc client, so the only record of what is in flight is ours:
-//! `awaiting` holds the seqs handed to the client in publish order until the event loop names
-//! their packet id, `inflight` maps packet ids to seqs until the PUBACK. When the connection
-//! drops, both are forgotten and the next connection starts again from the oldest pending
-//! event: at least once, in seq order, with the same envelope (and `id`) every time.
+//! The connection is ours (`crate::link`, as the MQTT sources use): PUBLISH packets are encoded
+//! straight into its output buffer and written in one go, up to `max_inflight` messages
+//! unacknowledged (pipelined), and the backlog is read from the buffer in large batches
+//! (`READ_AHEAD` rows per read). Every connection starts clean (the broker keeps nothing for
+//! us), so the only record of what is in flight is ours: `inflight` maps our packet ids to
+//! what they carry until the PUBACK. When the connection drops it is forgotten and the next
+//! connection starts again from the oldest pending event: at least once, in seq order, with the
+//! same envelope (and `id`) every time.
+//!
+//! `upstream.batch` above 1 sends up to that many consecutive events of one topic as one
+//! message (a JSON array, or a CBOR array with `format = "cbor"`); its PUBACK delivers them
+//! all.
 //!
 //! Replays (control socket, `{prefix}/{site}/cmd/replay`) send delivered events again with
 //! `"replayed": true`, within the same window and rate cap, after the backlog.
@@ -20,11 +27,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_protocol::Envelope;
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, LastWill, MqttOptions,
-    Outgoing, Packet, QoS,
-};
+use edge_protocol::{Envelope, Kind};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +38,7 @@ use crate::buffer::{PendingRow, Store, WriterHandle};
 use crate::config::{parse_mqtt_url, Config, Format};
 use crate::control::plane::{Heard, UpstreamLink};
 use crate::control::replay::ReplayRequest;
+use crate::link::{Link, LinkError, Settings, Version, Will};
 use crate::status::StatusBoard;
 use crate::tls::Access;
 use rate::TokenBucket;
@@ -45,6 +51,12 @@ const INCOMING_MAX: usize = 4 << 20;
 
 /// How long a stopping agent waits for PUBACKs of what is already in flight.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Pending rows read from the buffer at once, ahead of the window.
+const READ_AHEAD: usize = 2048;
+
+/// Bytes of PUBLISH packets queued before they are written (more wait for the next write).
+const WRITE_CHUNK: usize = 256 << 10;
 
 /// The upstream stage.
 pub struct Upstream {
@@ -97,53 +109,73 @@ impl Limits {
     }
 }
 
-/// The client's own in-flight table is sized at connect for at least this many publishes, so
-/// that a pushed `max_inflight` up to it applies without reconnecting.
-const CLIENT_INFLIGHT: u16 = 1024;
-
 enum Ended {
     Shutdown,
     Dropped(String),
 }
 
-/// Per-connection bookkeeping.
-struct Conn {
-    connected: bool,
-    /// What was handed to the client, oldest first, without packet id yet.
-    awaiting: VecDeque<Sent>,
-    /// Packet id → what it carries, until PUBACK.
-    inflight: HashMap<u16, Sent>,
-    /// Highest seq handed to the client on this connection.
-    cursor: u64,
-    /// The last fetch found nothing more; wait for a commit.
-    caught_up: bool,
-    /// The most publishes the client takes in flight on this connection.
-    client_inflight: usize,
-}
-
-impl Conn {
-    fn events_in_flight(&self) -> usize {
-        self.awaiting
-            .iter()
-            .filter(|s| **s != Sent::Control)
-            .count()
-            + self
-                .inflight
-                .values()
-                .filter(|s| **s != Sent::Control)
-                .count()
-    }
-}
-
 /// What one publish carried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Sent {
     /// A buffered event: its PUBACK removes it from the backlog.
     Event(u64),
-    /// An event sent again by a replay.
+    /// Buffered events in one message (`upstream.batch`).
+    Batch(Vec<u64>),
+    /// Events sent again by a replay.
     Replay,
     /// A control plane message (status, config/status).
     Control,
+}
+
+/// Per-connection bookkeeping.
+struct Conn {
+    link: Link,
+    /// Packet id → what it carries, until PUBACK.
+    inflight: HashMap<u16, Sent>,
+    /// Messages carrying events in `inflight` (the window counts these).
+    events_in_flight: usize,
+    /// The last packet id given out.
+    last_pkid: u16,
+    /// Pending rows read ahead of the window, oldest first.
+    ahead: VecDeque<PendingRow>,
+    /// Highest seq read from the buffer on this connection.
+    cursor: u64,
+    /// The last read found nothing more; wait for a commit.
+    caught_up: bool,
+}
+
+impl Conn {
+    /// A packet id not in flight.
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = if self.last_pkid == u16::MAX {
+                1
+            } else {
+                self.last_pkid + 1
+            };
+            if !self.inflight.contains_key(&self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+        what: Sent,
+    ) -> Result<(), String> {
+        let pkid = self.next_pkid();
+        self.link
+            .publish(topic, payload, retain, pkid)
+            .map_err(|e| format!("upstream: {e}"))?;
+        if !matches!(what, Sent::Control) {
+            self.events_in_flight += 1;
+        }
+        self.inflight.insert(pkid, what);
+        Ok(())
+    }
 }
 
 /// A replay in progress.
@@ -151,6 +183,22 @@ struct ReplayJob {
     next_seq: u64,
     since_ms: u64,
     until_ms: u64,
+}
+
+/// Topic names by kind, made once.
+#[derive(Default)]
+struct Topics {
+    prefix: String,
+    by_kind: HashMap<Kind, String>,
+}
+
+impl Topics {
+    fn of(&mut self, kind: Kind) -> &str {
+        let prefix = &self.prefix;
+        self.by_kind
+            .entry(kind)
+            .or_insert_with(|| format!("{prefix}/events/{kind}"))
+    }
 }
 
 impl Upstream {
@@ -161,46 +209,47 @@ impl Upstream {
         )
     }
 
-    fn client_inflight(&self) -> u16 {
-        self.limits.borrow().max_inflight.max(CLIENT_INFLIGHT)
+    /// The upstream window now: `max_inflight` messages.
+    fn window(&self) -> usize {
+        usize::from(self.limits.borrow().max_inflight)
     }
 
-    /// The upstream window now: `max_inflight`, within what this connection's client takes.
-    fn window(&self, conn: &Conn) -> usize {
-        usize::from(self.limits.borrow().max_inflight).min(conn.client_inflight)
+    fn batch(&self) -> usize {
+        usize::from(self.config.upstream.batch.unwrap_or(1).max(1))
     }
 
-    /// Client options, with TLS settings and credentials read from their files now: a rotated
-    /// certificate or password is picked up at the next connection.
-    fn options(&self) -> Result<MqttOptions, SetupError> {
+    /// Connection settings, with TLS settings and credentials read from their files now: a
+    /// rotated certificate or password is picked up at the next connection.
+    fn settings(&self) -> Result<Settings, SetupError> {
         let up = &self.config.upstream;
         let url = || up.url.clone();
         let addr =
             parse_mqtt_url(&up.url).map_err(|source| SetupError::Url { url: url(), source })?;
         let mut access = Access::prepare(&up.access("upstream"), addr.tls)
             .map_err(|source| SetupError::Access { url: url(), source })?;
-        let mut o = MqttOptions::new(self.config.upstream_client_id(), addr.host, addr.port);
-        if let Some(t) = access.transport() {
-            o.set_transport(t);
-        }
-        if let Some((user, password)) = access.credentials() {
-            o.set_credentials(user, password);
-        }
-        o.set_keep_alive(up.keep_alive.0);
-        // We track delivery ourselves and resend from the buffer on every connection.
-        o.set_clean_session(true);
-        o.set_inflight(self.client_inflight().saturating_add(4));
-        // Incoming: a pushed document is rejected above `remote::MAX_DOCUMENT` with a reason on
-        // config/status, so the client must read one well above that; a message above even
-        // this ends the connection (see `oversized`).
-        o.set_max_packet_size(INCOMING_MAX, 16 << 20);
-        o.set_last_will(LastWill::new(
-            format!("{}/status", self.topic_prefix()),
-            r#"{"state":"offline"}"#,
-            QoS::AtLeastOnce,
-            true,
-        ));
-        Ok(o)
+        Ok(Settings {
+            host: addr.host,
+            port: addr.port,
+            tls: access.tls.take(),
+            client_id: self.config.upstream_client_id(),
+            login: access.credentials(),
+            keep_alive: up.keep_alive.0,
+            // We track delivery ourselves and resend from the buffer on every connection.
+            clean_start: true,
+            session_expiry: Duration::ZERO,
+            receive_maximum: 64,
+            // Incoming: a pushed document is rejected above `remote::MAX_DOCUMENT` with a
+            // reason on config/status, so the connection must read one well above that; a
+            // message above even this ends the connection (see `oversized`).
+            max_packet: INCOMING_MAX as u32,
+            // Not announced: the broker would drop a larger message unseen, and central would
+            // never hear why its document was not applied.
+            announce_max_packet: false,
+            will: Some(Will {
+                topic: format!("{}/status", self.topic_prefix()),
+                payload: br#"{"state":"offline"}"#.to_vec(),
+            }),
+        })
     }
 
     /// Runs until shutdown.
@@ -209,11 +258,19 @@ impl Upstream {
         let mut last_why = String::new();
         let mut bucket = TokenBucket::new(self.limits.borrow_and_update().replay_rate);
         let mut jobs = VecDeque::new();
+        // The version the broker answered in, kept while the agent runs.
+        let mut version = None;
         loop {
-            let ended = match self.options() {
-                Ok(opts) => {
-                    self.connection(opts, &mut backoff, &mut bucket, &mut jobs)
-                        .await
+            let ended = match self.settings() {
+                Ok(settings) => {
+                    self.connection(
+                        &settings,
+                        &mut version,
+                        &mut backoff,
+                        &mut bucket,
+                        &mut jobs,
+                    )
+                    .await
                 }
                 Err(why) => Ended::Dropped(why.to_string()),
             };
@@ -246,229 +303,344 @@ impl Upstream {
 
     async fn connection(
         &mut self,
-        opts: MqttOptions,
+        settings: &Settings,
+        version: &mut Option<Version>,
         backoff: &mut Backoff,
         bucket: &mut TokenBucket,
         jobs: &mut VecDeque<ReplayJob>,
     ) -> Ended {
-        let cap = usize::from(self.client_inflight()) + 64;
-        let (client, eventloop) = AsyncClient::new(opts, cap);
-        let (ev_tx, mut events) = mpsc::channel(1024);
-        let poller = tokio::spawn(poll(eventloop, ev_tx));
+        let opened = tokio::select! {
+            // Cancel-safe enough: an abandoned connection attempt is simply closed.
+            r = Link::open(settings, version) => r,
+            _ = self.shutdown.cancelled() => return Ended::Shutdown,
+        };
+        let link = match opened {
+            Ok((link, _ack)) => link,
+            Err(e) => return Ended::Dropped(self.describe(&e)),
+        };
         let mut conn = Conn {
-            connected: false,
-            awaiting: VecDeque::new(),
+            link,
             inflight: HashMap::new(),
+            events_in_flight: 0,
+            // 1 and 2 are the link's SUBSCRIBE and UNSUBSCRIBE ids (one id space per direction).
+            last_pkid: 2,
+            ahead: VecDeque::new(),
             cursor: 0,
             caught_up: false,
-            client_inflight: usize::from(self.client_inflight()),
+        };
+        match self.connected(&mut conn, backoff).await {
+            Ok(()) => {}
+            Err(e) => return Ended::Dropped(self.describe(&e)),
+        }
+        let mut topics = Topics {
+            prefix: self.topic_prefix(),
+            ..Topics::default()
         };
         let mut committed = self.writer.committed();
         let mut beat = tokio::time::interval(HEARTBEAT);
-        let ended = loop {
+        let mut keep_alive = tokio::time::interval_at(
+            tokio::time::Instant::now() + conn.link.keep_alive_every,
+            conn.link.keep_alive_every,
+        );
+        loop {
             self.status.upstream_beat();
             if self.limits.has_changed().unwrap_or(false) {
                 bucket.set_rate(self.limits.borrow_and_update().replay_rate);
             }
             let wait_tokens = bucket.wait();
+            let sending = !conn.caught_up || !conn.ahead.is_empty() || !jobs.is_empty();
             tokio::select! {
                 // Cancel-safe: a cancelled token stays cancelled.
                 _ = self.shutdown.cancelled() => {
-                    self.drain(&client, &mut conn, &mut events).await;
-                    break Ended::Shutdown;
+                    self.drain(&mut conn).await;
+                    return Ended::Shutdown;
                 }
-                // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
-                ev = events.recv() => match ev {
-                    Some(Ok(ev)) => {
-                        self.hear(&ev).await;
-                        if let Some(why) = self.on_event(ev, &mut conn, backoff, &client).await {
-                            break Ended::Dropped(why);
-                        }
+                // Cancel-safe: see `Link::fill`.
+                r = conn.link.fill() => {
+                    if let Err(e) = r {
+                        return Ended::Dropped(self.describe(&e));
                     }
-                    Some(Err(e)) => {
-                        if let ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-                            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
-                        )) = &e
-                        {
-                            self.oversized
-                                .store(*n, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        break Ended::Dropped(self.describe(&e));
+                    if let Err(e) = self.read(&mut conn).await {
+                        return Ended::Dropped(e);
                     }
-                    None => break Ended::Dropped(format!("upstream broker {}: connection closed", self.config.upstream.url)),
-                },
+                }
                 // Cancel-safe: watch::Receiver::changed only marks the value seen on return.
                 r = committed.changed(), if conn.caught_up => {
-                    if r.is_err() { break Ended::Shutdown; }
+                    if r.is_err() { return Ended::Shutdown; }
                     conn.caught_up = false;
                 }
                 // Cancel-safe: sleeping holds no state.
-                _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() && conn.connected && (!conn.caught_up || !jobs.is_empty()) => {}
+                _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() && sending => {}
                 // Cancel-safe: interval ticks are not lost. Only beats the heartbeat (above).
                 _ = beat.tick() => {}
+                // Cancel-safe: an interval tick that loses the race is taken next time.
+                _ = keep_alive.tick() => {
+                    match conn.link.keep_alive() {
+                        Ok(true) => {
+                            if let Err(e) = conn.link.ping() {
+                                return Ended::Dropped(self.describe(&e));
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(e) => return Ended::Dropped(self.describe(&e)),
+                    }
+                }
                 // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
                 Some(req) = self.replays.recv() => self.start_replay(req, jobs),
-                // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped. Waits in the
-                // channel while disconnected.
-                Some(say) = self.link.say.recv(), if conn.connected => {
-                    if client
-                        .try_publish(say.topic, QoS::AtLeastOnce, say.retain, say.payload)
-                        .is_ok()
-                    {
-                        conn.awaiting.push_back(Sent::Control);
+                // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
+                Some(say) = self.link.say.recv() => {
+                    if let Err(why) = conn.send(&say.topic, &say.payload, say.retain, Sent::Control) {
+                        return Ended::Dropped(why);
                     }
                 }
             }
-            if conn.connected && !conn.caught_up {
-                if let Err(why) = self.fill(&client, &mut conn, bucket, &mut committed).await {
-                    break Ended::Dropped(why);
-                }
+            if let Err(why) = self
+                .fill(&mut conn, bucket, &mut committed, &mut topics)
+                .await
+            {
+                return Ended::Dropped(why);
             }
             // Replays go after the backlog, in the room the backlog leaves.
-            if conn.connected && conn.caught_up && !jobs.is_empty() {
-                if let Err(why) = self.fill_replay(&client, &mut conn, bucket, jobs).await {
-                    break Ended::Dropped(why);
+            if conn.caught_up && conn.ahead.is_empty() && !jobs.is_empty() {
+                if let Err(why) = self.fill_replay(&mut conn, bucket, jobs, &mut topics).await {
+                    return Ended::Dropped(why);
                 }
             }
-        };
-        poller.abort();
-        ended
+            if conn.link.queued() > 0 {
+                if let Err(e) = conn.link.flush().await {
+                    return Ended::Dropped(self.describe(&e));
+                }
+            }
+        }
     }
 
-    /// Handles one event; Some(reason) if the connection is unusable.
-    async fn on_event(
-        &self,
-        ev: Event,
-        conn: &mut Conn,
-        backoff: &mut Backoff,
-        client: &AsyncClient,
-    ) -> Option<String> {
-        match ev {
-            Event::Incoming(Packet::ConnAck(ack)) => {
-                if ack.code != ConnectReturnCode::Success {
-                    return Some(format!(
-                        "upstream broker {}: connection refused ({:?}); check credentials and client id",
-                        self.config.upstream.url, ack.code
-                    ));
-                }
-                backoff.up();
-                conn.connected = true;
-                tracing::info!("connected to upstream broker {}", self.config.upstream.url);
-                self.status
-                    .set_upstream(true, format!("connected to {}", self.config.upstream.url));
-                let n = self.oversized.swap(0, std::sync::atomic::Ordering::Relaxed);
-                if n > 0 {
-                    self.clear_oversized(client, conn, n).await;
-                }
-                for topic in &self.link.topics {
-                    if let Err(e) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
-                        tracing::warn!("subscribing to {topic}: {e}");
-                    }
-                }
-                let _ = self.link.heard.send(Heard::Connected).await;
-            }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                if let Some(seq) = conn.awaiting.pop_front() {
-                    conn.inflight.insert(pkid, seq);
-                }
-            }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                if let Some(Sent::Event(seq)) = conn.inflight.remove(&ack.pkid) {
-                    self.status.add_delivered(1);
-                    if self.writer.ack(vec![seq]).await.is_err() {
-                        return Some("the buffer writer stopped".into());
-                    }
-                }
-            }
-            _ => {}
+    /// The broker accepted the connection: subscribe the control plane's topics, clear an
+    /// oversized retained message, tell the plane.
+    async fn connected(&mut self, conn: &mut Conn, backoff: &mut Backoff) -> Result<(), LinkError> {
+        backoff.up();
+        tracing::info!(
+            "connected to upstream broker {} ({})",
+            self.config.upstream.url,
+            conn.link.version()
+        );
+        self.status
+            .set_upstream(true, format!("connected to {}", self.config.upstream.url));
+        let n = self.oversized.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            self.clear_oversized(conn, n).await;
         }
-        None
+        if !self.link.topics.is_empty() {
+            conn.link.subscribe(&self.link.topics).await?;
+        }
+        let _ = self.link.heard.send(Heard::Connected).await;
+        Ok(())
+    }
+
+    /// Handles every packet read so far.
+    async fn read(&mut self, conn: &mut Conn) -> Result<(), String> {
+        let mut delivered: Vec<u64> = Vec::new();
+        loop {
+            let packet = match conn.link.try_next() {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    // PUBACKs read before the error count: the broker has those events.
+                    self.delivered(delivered).await?;
+                    if let LinkError::TooLarge(n) = &e {
+                        self.oversized
+                            .store(*n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return Err(self.describe(&e));
+                }
+            };
+            match packet {
+                Packet::PubAck(ack) => match conn.inflight.remove(&ack.pkid) {
+                    Some(Sent::Event(seq)) => {
+                        conn.events_in_flight -= 1;
+                        delivered.push(seq);
+                    }
+                    Some(Sent::Batch(seqs)) => {
+                        conn.events_in_flight -= 1;
+                        delivered.extend(seqs);
+                    }
+                    Some(Sent::Replay) => conn.events_in_flight -= 1,
+                    Some(Sent::Control) | None => {}
+                },
+                Packet::Publish(p) => {
+                    if p.qos != QoS::AtMostOnce {
+                        conn.link.ack(p.pkid).map_err(|e| self.describe(&e))?;
+                    }
+                    self.hear(p).await;
+                }
+                _ => {}
+            }
+        }
+        self.delivered(delivered).await
+    }
+
+    async fn delivered(&self, seqs: Vec<u64>) -> Result<(), String> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.status.add_delivered(seqs.len() as u64);
+        self.writer
+            .ack(seqs)
+            .await
+            .map_err(|_| "the buffer writer stopped".to_string())
     }
 
     /// Publishes pending events while the window and the rate allow.
     async fn fill(
         &self,
-        client: &AsyncClient,
         conn: &mut Conn,
         bucket: &mut TokenBucket,
-        committed: &mut tokio::sync::watch::Receiver<u64>,
+        committed: &mut watch::Receiver<u64>,
+        topics: &mut Topics,
     ) -> Result<(), String> {
-        let max = self.window(conn);
-        let room = max.saturating_sub(conn.events_in_flight());
-        let allowed = bucket.take(room);
-        if allowed == 0 {
-            return Ok(());
-        }
-        // Mark the committed seq seen before reading: a commit after this read wakes us.
-        committed.borrow_and_update();
-        let store = self.store.clone();
-        let after = conn.cursor;
-        let rows =
-            match tokio::task::spawn_blocking(move || store.pending_after(after, allowed)).await {
-                Ok(Ok(rows)) => rows,
-                // The buffer is being reopened after a write error (the writer reports it): keep
-                // the connection and look again after the next commit.
-                Ok(Err(e)) => {
-                    tracing::debug!("reading the buffer: {e}");
-                    bucket.give_back(allowed);
-                    conn.caught_up = true;
-                    return Ok(());
+        let batch = self.batch();
+        while conn.events_in_flight < self.window() && conn.link.queued() < WRITE_CHUNK {
+            if conn.ahead.is_empty()
+                && (conn.caught_up || !self.read_ahead(conn, committed).await?)
+            {
+                return Ok(());
+            }
+            let allowed = bucket.take(batch.min(conn.ahead.len()));
+            if allowed == 0 {
+                return Ok(());
+            }
+            let mut rows: Vec<PendingRow> = Vec::with_capacity(allowed);
+            let mut kind = None;
+            while rows.len() < allowed {
+                let Some(row) = conn.ahead.front() else { break };
+                let env = match Envelope::from_cbor(&row.cbor) {
+                    Ok(env) => env,
+                    Err(e) => {
+                        let Some(row) = conn.ahead.pop_front() else {
+                            break;
+                        };
+                        // One unreadable row must not stop everything stored after it.
+                        self.writer
+                            .set_aside(row.seq, e.to_string(), &row.cbor)
+                            .map_err(|e| e.to_string())?;
+                        continue;
+                    }
+                };
+                // A batch is one topic.
+                if kind.is_some_and(|k| k != env.kind()) {
+                    break;
                 }
-                Err(e) => return Err(format!("reading the buffer: {e}")),
-            };
-        bucket.give_back(allowed - rows.len());
-        if rows.len() < allowed {
-            conn.caught_up = true;
-        }
-        for row in rows {
-            let seq = row.seq;
-            let (topic, payload) = match self.encode(row) {
-                Ok(encoded) => encoded,
-                Err((e, cbor)) => {
-                    // One unreadable row must not stop everything stored after it.
-                    self.writer
-                        .set_aside(seq, e.to_string(), &cbor)
-                        .map_err(|e| e.to_string())?;
-                    conn.cursor = seq;
-                    continue;
+                kind = Some(env.kind());
+                let Some(row) = conn.ahead.pop_front() else {
+                    break;
+                };
+                rows.push(row);
+                if batch == 1 {
+                    break;
                 }
-            };
-            client
-                .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                .map_err(|e| format!("upstream client: {e}"))?;
-            conn.awaiting.push_back(Sent::Event(seq));
-            conn.cursor = seq;
+            }
+            bucket.give_back(allowed - rows.len());
+            let Some(kind) = kind else { continue };
+            let topic = topics.of(kind);
+            if rows.len() == 1 && batch == 1 {
+                let row = &rows[0];
+                let payload = self.payload_of(row)?;
+                conn.send(topic, &payload, false, Sent::Event(row.seq))?;
+            } else {
+                let seqs = rows.iter().map(|r| r.seq).collect();
+                let payload = self.batch_of(&rows)?;
+                conn.send(topic, &payload, false, Sent::Batch(seqs))?;
+            }
         }
         Ok(())
     }
 
-    /// The topic and payload of a pending row; a row that does not read back as an envelope
-    /// is returned with its bytes.
-    #[allow(clippy::result_large_err)]
-    fn encode(
+    /// Reads the next pending rows into `ahead`; false when there were none.
+    async fn read_ahead(
         &self,
-        row: PendingRow,
-    ) -> Result<(String, Vec<u8>), (edge_protocol::event::DecodeError, Vec<u8>)> {
-        let env = match Envelope::from_cbor(&row.cbor) {
-            Ok(env) => env,
-            Err(e) => return Err((e, row.cbor)),
+        conn: &mut Conn,
+        committed: &mut watch::Receiver<u64>,
+    ) -> Result<bool, String> {
+        // Mark the committed seq seen before reading: a commit after this read wakes us.
+        committed.borrow_and_update();
+        let store = self.store.clone();
+        let after = conn.cursor;
+        let rows = match tokio::task::spawn_blocking(move || store.pending_after(after, READ_AHEAD))
+            .await
+        {
+            Ok(Ok(rows)) => rows,
+            // The buffer is being reopened after a write error (the writer reports it): keep
+            // the connection and look again after the next commit.
+            Ok(Err(e)) => {
+                tracing::debug!("reading the buffer: {e}");
+                conn.caught_up = true;
+                return Ok(false);
+            }
+            Err(e) => return Err(format!("reading the buffer: {e}")),
         };
-        let topic = format!("{}/events/{}", self.topic_prefix(), env.kind());
-        let payload = match self.config.upstream.format {
-            Format::Cbor => row.cbor,
+        if rows.len() < READ_AHEAD {
+            conn.caught_up = true;
+        }
+        if let Some(last) = rows.last() {
+            conn.cursor = last.seq;
+        }
+        let any = !rows.is_empty();
+        conn.ahead.extend(rows);
+        Ok(any)
+    }
+
+    /// One event's payload in the configured format.
+    fn payload_of(&self, row: &PendingRow) -> Result<Vec<u8>, String> {
+        match self.config.upstream.format {
+            Format::Cbor => Ok(row.cbor.clone()),
+            _ => {
+                let env = Envelope::from_cbor(&row.cbor).map_err(|e| e.to_string())?;
+                Ok(self.encode(&env))
+            }
+        }
+    }
+
+    /// An envelope in the configured format.
+    fn encode(&self, env: &Envelope) -> Vec<u8> {
+        match self.config.upstream.format {
+            Format::Cbor => env.to_cbor(),
             Format::Json => env.to_json(),
-        };
-        Ok((topic, payload))
+            Format::CloudEvents => edge_protocol::cloudevents::to_json(env),
+        }
+    }
+
+    /// Several events as one message: a CBOR array of the envelopes with `format = "cbor"`,
+    /// else a JSON array of what each would be alone.
+    fn batch_of(&self, rows: &[PendingRow]) -> Result<Vec<u8>, String> {
+        let mut out = Vec::with_capacity(rows.iter().map(|r| r.cbor.len() + 64).sum());
+        match self.config.upstream.format {
+            Format::Cbor => {
+                cbor_array_header(rows.len(), &mut out);
+                for r in rows {
+                    out.extend_from_slice(&r.cbor);
+                }
+            }
+            _ => {
+                out.push(b'[');
+                for (i, r) in rows.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&self.payload_of(r)?);
+                }
+                out.push(b']');
+            }
+        }
+        Ok(out)
     }
 
     /// Hands a message on a control plane topic to the control plane.
-    async fn hear(&self, ev: &Event) {
-        let Event::Incoming(Packet::Publish(p)) = ev else {
+    async fn hear(&self, p: rumqttc::v5::mqttbytes::v5::Publish) {
+        let Ok(topic) = std::str::from_utf8(&p.topic) else {
             return;
         };
-        if self.link.topics.contains(&p.topic) {
+        if self.link.topics.iter().any(|t| t == topic) {
             let heard = Heard::Message {
-                topic: p.topic.clone(),
+                topic: topic.to_string(),
                 payload: p.payload.to_vec(),
                 retain: p.retain,
             };
@@ -480,18 +652,9 @@ impl Upstream {
     /// Removes the retained message that was too large to read (an empty retained message
     /// does that) before subscribing again, so that one message cannot keep the uplink down,
     /// and tells the control plane (which reports it rejected).
-    async fn clear_oversized(&self, client: &AsyncClient, conn: &mut Conn, bytes: usize) {
-        if client
-            .try_publish(
-                self.link.retained_topic.clone(),
-                QoS::AtLeastOnce,
-                true,
-                Vec::new(),
-            )
-            .is_ok()
-        {
-            conn.awaiting.push_back(Sent::Control);
-        }
+    async fn clear_oversized(&self, conn: &mut Conn, bytes: usize) {
+        let topic = self.link.retained_topic.clone();
+        let _ = conn.send(&topic, &[], true, Sent::Control);
         let _ = self
             .link
             .heard
@@ -518,16 +681,15 @@ impl Upstream {
     /// Publishes the next events of the oldest replay while the window and the rate allow.
     async fn fill_replay(
         &self,
-        client: &AsyncClient,
         conn: &mut Conn,
         bucket: &mut TokenBucket,
         jobs: &mut VecDeque<ReplayJob>,
+        topics: &mut Topics,
     ) -> Result<(), String> {
         let Some(job) = jobs.front_mut() else {
             return Ok(());
         };
-        let max = self.window(conn);
-        let room = max.saturating_sub(conn.events_in_flight());
+        let room = self.window().saturating_sub(conn.events_in_flight);
         let allowed = bucket.take(room);
         if allowed == 0 {
             return Ok(());
@@ -551,15 +713,8 @@ impl Upstream {
                 continue;
             };
             env.replayed = true;
-            let topic = format!("{}/events/{}", self.topic_prefix(), env.kind());
-            let payload = match self.config.upstream.format {
-                Format::Cbor => env.to_cbor(),
-                Format::Json => env.to_json(),
-            };
-            client
-                .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                .map_err(|e| format!("upstream client: {e}"))?;
-            conn.awaiting.push_back(Sent::Replay);
+            let payload = self.encode(&env);
+            conn.send(topics.of(env.kind()), &payload, false, Sent::Replay)?;
         }
         match next {
             Some(seq) => job.next_seq = seq,
@@ -571,91 +726,95 @@ impl Upstream {
         Ok(())
     }
 
-    /// At shutdown: wait (bounded) for the PUBACKs of what is in flight, then disconnect.
-    async fn drain(
-        &self,
-        client: &AsyncClient,
-        conn: &mut Conn,
-        events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
-    ) {
+    /// At shutdown: say offline (retained, as the Last Will would), wait (bounded) for the
+    /// PUBACKs of what is in flight, then disconnect.
+    async fn drain(&mut self, conn: &mut Conn) {
+        let status = format!("{}/status", self.topic_prefix());
+        let _ = conn.send(&status, br#"{"state":"offline"}"#, true, Sent::Control);
         let deadline = tokio::time::Instant::now() + DRAIN_DEADLINE;
-        let mut dummy = Backoff::new(Duration::from_millis(1), Duration::from_millis(1));
-        while conn.connected && conn.events_in_flight() > 0 {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(Ok(ev))) => {
-                    if self.on_event(ev, conn, &mut dummy, client).await.is_some() {
-                        break;
-                    }
-                }
-                Ok(_) => break,
-                Err(_) => {
-                    tracing::warn!(
-                        "upstream: {} events still unacknowledged at shutdown; they stay buffered and are sent after restart",
-                        conn.events_in_flight()
-                    );
-                    break;
-                }
+        let drained = tokio::time::timeout_at(deadline, async {
+            conn.link.flush().await.map_err(|e| self.describe(&e))?;
+            while !conn.inflight.is_empty() {
+                conn.link.fill().await.map_err(|e| self.describe(&e))?;
+                self.read(conn).await?;
+                conn.link.flush().await.map_err(|e| self.describe(&e))?;
             }
-        }
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_millis(500), async {
-            while let Some(Ok(ev)) = events.recv().await {
-                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
-                    break;
-                }
-            }
+            Ok::<(), String>(())
         })
         .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "upstream: {} events still unacknowledged at shutdown; they stay buffered and are sent after restart",
+                conn.events_in_flight
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(500), conn.link.disconnect()).await;
     }
 
-    fn describe(&self, e: &ConnectionError) -> String {
+    fn describe(&self, e: &LinkError) -> String {
         let what = format!("upstream broker {}", self.config.upstream.url);
         if let Some(why) = crate::tls::explain(e, "upstream") {
             return format!("{what}: {why}");
         }
+        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
         match e {
-            ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            LinkError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
                 format!("{what}: connection refused; is it reachable and listening?")
             }
-            ConnectionError::ConnectionRefused(
-                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
-            ) => {
+            LinkError::Refused(code @ (Code::BadUserNamePassword | Code::NotAuthorized), _) => {
                 format!(
                     "{what}: refused the connection ({code:?}); check upstream.username and upstream.password_file"
                 )
             }
-            ConnectionError::ConnectionRefused(code) => {
-                format!(
-                    "{what}: refused the connection ({code:?}); check credentials and client id"
-                )
+            LinkError::Refused(..) => {
+                format!("{what}: {e}; check credentials and upstream.client_id")
             }
-            ConnectionError::Tls(t) => {
-                format!("{what}: TLS: {t}; check upstream.url and upstream.ca_file")
+            LinkError::Disconnected(
+                rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
+                _,
+            ) => {
+                format!("{what}: {e}: another client connected with the same client id; give each agent its own upstream.client_id")
+            }
+            LinkError::NotMqtt(..) | LinkError::ClosedAtConnect(..) => {
+                format!("{what}: {e}; check the port in upstream.url (mqtts:// for a TLS listener) and the broker's log")
             }
             other => format!("{what}: {other}"),
         }
     }
 }
 
-/// Owns the rumqttc event loop: polls it and forwards every event; ends on the first error.
-async fn poll(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>) {
-    loop {
-        let ev = eventloop.poll().await;
-        if ev.is_err() {
-            // PUBACKs read in the same batch as the error (a broker that shuts down answers
-            // what it received, then closes): the broker has those events, so they count as
-            // delivered instead of going out again as duplicates.
-            let late: Vec<Event> = eventloop.state.events.drain(..).collect();
-            for e in late {
-                if matches!(e, Event::Incoming(Packet::PubAck(_))) && tx.send(Ok(e)).await.is_err()
-                {
-                    return;
-                }
-            }
+/// The CBOR head of an array of `n` items.
+fn cbor_array_header(n: usize, out: &mut Vec<u8>) {
+    match n {
+        0..=23 => out.push(0x80 | n as u8),
+        24..=0xff => out.extend_from_slice(&[0x98, n as u8]),
+        0x100..=0xffff => {
+            out.push(0x99);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
         }
-        let failed = ev.is_err();
-        if tx.send(ev).await.is_err() || failed {
-            return;
+        _ => {
+            out.push(0x9a);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cbor_array_header;
+
+    #[test]
+    fn a_cbor_batch_starts_with_the_array_head_rfc_8949_gives() {
+        let head = |n| {
+            let mut out = Vec::new();
+            cbor_array_header(n, &mut out);
+            out
+        };
+        assert_eq!(head(0), [0x80]);
+        assert_eq!(head(23), [0x97]);
+        assert_eq!(head(24), [0x98, 24]);
+        assert_eq!(head(255), [0x98, 0xff]);
+        assert_eq!(head(256), [0x99, 1, 0]);
+        assert_eq!(head(70_000), [0x9a, 0, 1, 0x11, 0x70]);
     }
 }

@@ -15,9 +15,9 @@
 //! commit and PUBACK, the source reads nothing more (the rest waits in the socket and then in
 //! the broker). That bounds memory, and bounds what a crash can make the broker redeliver
 //! although it was already stored (committed, PUBACK not yet out) to `receive_maximum`, even
-//! with brokers that send past the Receive Maximum we announce. The connection is in `link`.
+//! with brokers that send past the Receive Maximum we announce. The connection is in `crate::link`.
 
-mod link;
+
 mod redelivery;
 mod subscriptions;
 
@@ -35,7 +35,7 @@ use crate::config::{parse_mqtt_url, MqttSource};
 use crate::normalize::Normalizer;
 use crate::status::SourceState;
 use crate::tls::Access;
-use link::{Link, LinkError, Settings, Version};
+use crate::link::{Link, LinkError, Settings, Version};
 use redelivery::{Redeliveries, Verdict};
 
 /// How long the site broker keeps our session (subscriptions and undelivered messages) while
@@ -77,6 +77,9 @@ impl MqttSource {
             // A device message larger than max_frame becomes an exception, not a dropped
             // connection: accept generously up to 1 MiB.
             max_packet: (self.decoder.max_frame().max(1 << 20) + 1024) as u32,
+            announce_max_packet: true,
+            clean_start: false,
+            will: None,
         })
     }
 
