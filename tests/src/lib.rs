@@ -408,9 +408,105 @@ pub struct Received {
 }
 
 impl Received {
+    /// The payload as JSON; a CBOR payload (`format = "cbor"`) decoded to the same JSON that
+    /// `format = "json"` sends (byte strings as standard base64); Null when it is neither.
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap_or(Value::Null)
+        serde_json::from_slice(&self.payload)
+            .ok()
+            .or_else(|| cbor_to_json(&self.payload))
+            .unwrap_or(Value::Null)
     }
+
+    fn is_event(&self) -> bool {
+        self.topic.contains("/events/")
+    }
+}
+
+/// docs/schema/edge.v1.schema.json: every event a [`Collector`] receives is checked against it.
+pub const EVENT_SCHEMA: &str = include_str!("../../docs/schema/edge.v1.schema.json");
+
+fn event_validator() -> &'static jsonschema::Validator {
+    static V: OnceLock<jsonschema::Validator> = OnceLock::new();
+    V.get_or_init(|| {
+        let schema: Value = serde_json::from_str(EVENT_SCHEMA).unwrap_or(Value::Null);
+        match jsonschema::draft202012::new(&schema) {
+            Ok(v) => v,
+            Err(e) => panic!(
+                "docs/schema/edge.v1.schema.json does not compile as JSON Schema 2020-12: {e}; \
+                 regenerate it with cargo run -p edge-protocol --example schema"
+            ),
+        }
+    })
+}
+
+/// Checks one message of an events topic, decoded to JSON, against the edge.v1 schema: an
+/// event, a batch (an array of events), or a CloudEvents document whose `data` is the event.
+/// The error names the place in the event and what is wrong.
+pub fn check_event_message(message: &Value) -> std::result::Result<(), String> {
+    let events: Vec<&Value> = match message {
+        Value::Array(batch) => batch.iter().collect(),
+        one => vec![one],
+    };
+    for (i, event) in events.into_iter().enumerate() {
+        let event = match event.get("specversion") {
+            Some(_) => event.get("data").unwrap_or(&Value::Null),
+            None => event,
+        };
+        let problems: Vec<String> = event_validator()
+            .iter_errors(event)
+            .map(|e| format!("at {:?}: {e}", e.instance_path().to_string()))
+            .collect();
+        if !problems.is_empty() {
+            return Err(format!("event {i} of the message: {}", problems.join("; ")));
+        }
+    }
+    Ok(())
+}
+
+/// A CBOR document as JSON, byte strings as standard base64 (as `format = "json"` has `raw`).
+fn cbor_to_json(bytes: &[u8]) -> Option<Value> {
+    fn convert(v: ciborium::Value) -> Option<Value> {
+        use base64::Engine as _;
+        Some(match v {
+            ciborium::Value::Null => Value::Null,
+            ciborium::Value::Bool(b) => Value::Bool(b),
+            ciborium::Value::Integer(i) => {
+                let i = i128::from(i);
+                match u64::try_from(i) {
+                    Ok(u) => Value::from(u),
+                    Err(_) => Value::from(i64::try_from(i).ok()?),
+                }
+            }
+            ciborium::Value::Float(f) => Value::from(f),
+            ciborium::Value::Text(t) => Value::String(t),
+            ciborium::Value::Bytes(b) => {
+                Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+            }
+            ciborium::Value::Array(a) => {
+                Value::Array(a.into_iter().map(convert).collect::<Option<_>>()?)
+            }
+            ciborium::Value::Map(m) => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in m {
+                    out.insert(k.into_text().ok()?, convert(v)?);
+                }
+                Value::Object(out)
+            }
+            ciborium::Value::Tag(_, inner) => convert(*inner)?,
+            _ => return None,
+        })
+    }
+    let v: ciborium::Value = ciborium::from_reader(bytes).ok()?;
+    convert(v)
+}
+
+/// What a collector has checked so far: the messages up to `upto`, the events among them as
+/// JSON, and the first one that failed the schema.
+#[derive(Default)]
+struct Checked {
+    upto: usize,
+    events: Vec<Value>,
+    failure: Option<String>,
 }
 
 /// An MQTT client subscribed to a filter (QoS 1) with a persistent session, collecting every
@@ -418,6 +514,7 @@ impl Received {
 pub struct Collector {
     got: Arc<Mutex<Vec<Received>>>,
     client: rumqttc::Client,
+    checked: Mutex<Checked>,
 }
 
 impl Collector {
@@ -461,20 +558,64 @@ impl Collector {
         wait_for("the collector's SUBACK", DEADLINE, || {
             subscribed.lock().ok().filter(|s| **s).map(|_| ())
         })?;
-        Ok(Collector { got, client })
+        Ok(Collector {
+            got,
+            client,
+            checked: Mutex::new(Checked::default()),
+        })
     }
 
+    /// Every message received so far. Panics if an event among them does not match the
+    /// edge.v1 schema (see [`Collector::events`]).
     pub fn all(&self) -> Vec<Received> {
-        self.got.lock().map(|g| g.clone()).unwrap_or_default()
+        let all = self.got.lock().map(|g| g.clone()).unwrap_or_default();
+        self.fail_on_invalid_events();
+        all
     }
 
-    /// Messages whose topic contains `/events/`.
+    /// Messages whose topic contains `/events/`, as JSON ([`Received::json`]; a batch is one
+    /// array). Each is checked once against docs/schema/edge.v1.schema.json; an event that
+    /// does not match fails the test here, with the schema's reason.
     pub fn events(&self) -> Vec<Value> {
-        self.all()
-            .into_iter()
-            .filter(|r| r.topic.contains("/events/"))
-            .map(|r| r.json())
-            .collect()
+        self.fail_on_invalid_events();
+        self.checked
+            .lock()
+            .map(|c| c.events.clone())
+            .unwrap_or_default()
+    }
+
+    /// Checks the messages that arrived since the last call; panics naming the first event
+    /// that does not match the schema.
+    fn fail_on_invalid_events(&self) {
+        let failure = {
+            let Ok(mut checked) = self.checked.lock() else {
+                return;
+            };
+            let fresh: Vec<Received> = self
+                .got
+                .lock()
+                .map(|g| g.get(checked.upto..).map(<[_]>::to_vec).unwrap_or_default())
+                .unwrap_or_default();
+            checked.upto += fresh.len();
+            for r in fresh.into_iter().filter(Received::is_event) {
+                let json = r.json();
+                if checked.failure.is_none() {
+                    if let Err(why) = check_event_message(&json) {
+                        checked.failure = Some(format!(
+                            "central received an event on {} that does not match \
+                             docs/schema/edge.v1.schema.json: {why}\nthe message: {}",
+                            r.topic,
+                            String::from_utf8_lossy(&r.payload)
+                        ));
+                    }
+                }
+                checked.events.push(json);
+            }
+            checked.failure.clone()
+        };
+        if let Some(failure) = failure {
+            panic!("{failure}");
+        }
     }
 
     /// Waits until at least `n` events arrived.
@@ -498,6 +639,15 @@ impl Collector {
         self.client
             .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into())?;
         Ok(())
+    }
+}
+
+/// The events that arrived after the test last looked are checked too.
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.fail_on_invalid_events();
+        }
     }
 }
 
