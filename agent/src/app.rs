@@ -12,6 +12,7 @@ use crate::remote;
 use crate::shutdown::{Deadline, Joined, Shutdown, Task, Unclean, REPORT_GRACE, STOP_DEADLINE};
 use crate::sources::SourceSet;
 use crate::status::StatusBoard;
+use crate::upstream::routes::Routes;
 use crate::upstream::{Limits, Upstream};
 
 /// Why `run` failed: at start (exit 1, or 64 for a bad configuration, found before `run`), or
@@ -77,6 +78,8 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
         status.clone(),
         writer_cancel.clone(),
     )?;
+    // Before any source starts: every reading's priority comes from the routes.
+    writer.set_routes(Routes::of(&config));
     let mut writer_task = shutdown.spawn("buffer writer", writer_done);
 
     let socket_path = config.control.resolved_socket();
@@ -204,6 +207,9 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
             Some(switch) = switch_rx.recv() => {
                 // The buffer, its backlog and the upstream connection stay as they are.
                 limits_tx.send_replace(Limits::of(&switch.config));
+                // Readings stored from now on get their priority, and events sent from now on
+                // (the backlog too) their topic, from the pushed routes.
+                writer.set_routes(Routes::of(&switch.config));
                 let started = sources.switch(switch.config, &writer, &status, &shutdown).await;
                 tracing::info!("sources switched; started: {}", if started.is_empty() { "none".into() } else { started.join(", ") });
                 let _ = switch.started.send(started);

@@ -2,13 +2,19 @@
 //!
 //! # Design
 //!
-//! One redb file (`storage.path`), six tables:
+//! One redb file (`storage.path`), seven tables:
 //!
 //! - `events`: `u64` seq → `[observed_at ms: u64 big-endian][CBOR envelope]`. Every stored event,
 //!   pending or delivered. The seq is assigned by the writer in commit order, so key order is
 //!   the order readings were taken (per source, and across sources in arrival order).
-//! - `pending`: `u64` seq → `()`. The events not yet acknowledged by upstream (PUBACK). The
-//!   backlog is this table's length; the oldest pending event is its first key.
+//! - `pending` and `pending_high`: `u64` seq → `()`. The events not yet acknowledged by
+//!   upstream (PUBACK), of normal and of high priority. The backlog is the sum of their
+//!   lengths; the oldest pending event is the smaller of their first keys. The priority is
+//!   decided when the reading is stored, by the first matching `[[routes]]` entry in effect
+//!   then (the writer gets the routes from `WriterHandle::set_routes`, which `app` calls at
+//!   start and after an applied push), and never changes afterwards. Upstream reads
+//!   `pending_high` first whenever it has rows, each table in seq order with its own cursor:
+//!   high events overtake normal ones, and order is kept per source within each priority.
 //! - `meta`: `&str` → `u64`: `next_seq` (survives even when every event was pruned),
 //!   `dropped` (events deleted or refused undelivered, for status) and `stored_bytes` (the sum
 //!   of the `events` values, kept in the same transactions, so capacity needs no scan).
@@ -28,13 +34,14 @@
 //! oldest rows: delivered ones freely, undelivered ones only under `on_full = "drop_oldest"`
 //! (each counted as dropped); under `reject_new` it refuses the newest readings instead.
 //!
-//! Invariants: a seq in `pending` is always in `events`; a seq is never in both `pending` and
-//! `set_aside`. `next_seq` is above every key.
+//! Invariants: a seq in `pending` or `pending_high` is always in `events`; a seq is in at most
+//! one of `pending`, `pending_high` and `set_aside`. `next_seq` is above every key. Acks,
+//! set-asides, drops for room, pruning, replay and `inspect` look at both pending tables.
 //!
 //! Rows are written by exactly one thread (the writer, see `writer.rs`): it takes every command
 //! that queued up while the previous commit was in flight and commits them in one transaction
 //! with `Durability::Immediate` (group commit: no timer, a lone reading commits at once).
-//! An upstream acknowledgement removes the seq from `pending`; the `events` row stays for
+//! An upstream acknowledgement removes the seq from its pending table; the `events` row stays for
 //! `storage.retain_delivered` (for replay) and is pruned after that.
 //!
 //! Memory: readings waiting for their commit (queued, or in the group being committed or

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::receipts::{Forget, Receipt, Stored};
-use crate::config::OnFull;
+use crate::config::{OnFull, Priority};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const PENDING: TableDefinition<u64, ()> = TableDefinition::new("pending");
+/// Pending events of high priority (`[[routes]]`): a seq is in this table or in `PENDING`.
+const PENDING_HIGH: TableDefinition<u64, ()> = TableDefinition::new("pending_high");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SET_ASIDE: TableDefinition<u64, &str> = TableDefinition::new("set_aside");
 
@@ -80,6 +82,9 @@ pub struct Settlement<'a> {
     pub receipts: &'a [(usize, Receipt)],
     /// MQTT receipts no longer needed.
     pub forget: &'a [Forget],
+    /// By index in `rows`: the row is of high priority (pending in `pending_high`); rows
+    /// beyond its end are of normal priority.
+    pub high: &'a [bool],
 }
 
 /// What a commit did besides storing.
@@ -293,6 +298,7 @@ impl Store {
         {
             txn.open_table(EVENTS)?;
             txn.open_table(PENDING)?;
+            txn.open_table(PENDING_HIGH)?;
             txn.open_table(META)?;
             txn.open_table(SET_ASIDE)?;
             txn.open_table(super::receipts::RECEIPTS)?;
@@ -350,23 +356,27 @@ impl Store {
             set_aside,
             receipts,
             forget,
+            high,
         } = *settle;
         let txn = self.db()?.begin_write()?;
         let mut out = CommitOutcome::default();
         {
             let mut ev = txn.open_table(EVENTS)?;
             let mut pending = txn.open_table(PENDING)?;
+            let mut pending_high = txn.open_table(PENDING_HIGH)?;
             let mut meta = txn.open_table(META)?;
             let mut aside = txn.open_table(SET_ASIDE)?;
             for (seq, why) in set_aside {
-                if pending.remove(*seq)?.is_some() {
+                if pending.remove(*seq)?.is_some() | pending_high.remove(*seq)?.is_some() {
                     aside.insert(*seq, why.as_str())?;
                 }
             }
             for seq in acked {
-                // Gone from both tables: it was dropped for room while its PUBACK was on the
+                // Gone from every table: it was dropped for room while its PUBACK was on the
                 // way. It was delivered after all, so it no longer counts as dropped.
-                if pending.remove(*seq)?.is_none() && ev.get(*seq)?.is_none() {
+                let was_pending =
+                    pending.remove(*seq)?.is_some() | pending_high.remove(*seq)?.is_some();
+                if !was_pending && ev.get(*seq)?.is_none() {
                     out.undropped += 1;
                 }
             }
@@ -389,7 +399,7 @@ impl Store {
                 else {
                     break;
                 };
-                let undelivered = pending.get(seq)?.is_some();
+                let undelivered = pending.get(seq)?.is_some() || pending_high.get(seq)?.is_some();
                 if undelivered && cap.on_full == OnFull::RejectNew {
                     break;
                 }
@@ -399,12 +409,13 @@ impl Store {
                 bytes = bytes.saturating_sub(len);
                 if undelivered {
                     pending.remove(seq)?;
+                    pending_high.remove(seq)?;
                     out.dropped += 1;
                     out.dropped_last_seq = seq;
                 }
             }
             let mut value = Vec::new();
-            for row in &rows[out.skipped..] {
+            for (i, row) in rows.iter().enumerate().skip(out.skipped) {
                 if bytes + row.stored_len() > cap.budget && cap.on_full == OnFull::RejectNew {
                     // This and every later row of the group are refused (order is kept).
                     out.rejected = rows.len() - out.stored;
@@ -418,7 +429,11 @@ impl Store {
                 value.extend_from_slice(&row.observed_ms.to_be_bytes());
                 value.extend_from_slice(&row.cbor);
                 ev.insert(row.seq, value.as_slice())?;
-                pending.insert(row.seq, ())?;
+                if high.get(i).copied().unwrap_or(false) {
+                    pending_high.insert(row.seq, ())?;
+                } else {
+                    pending.insert(row.seq, ())?;
+                }
                 bytes += row.stored_len();
                 out.stored += 1;
             }
@@ -459,6 +474,7 @@ impl Store {
         {
             let mut ev = txn.open_table(EVENTS)?;
             let pending = txn.open_table(PENDING)?;
+            let pending_high = txn.open_table(PENDING_HIGH)?;
             let aside = txn.open_table(SET_ASIDE)?;
             let mut doomed = Vec::new();
             for row in ev.range::<u64>(..)? {
@@ -468,7 +484,10 @@ impl Store {
                 if observed >= cutoff_ms || doomed.len() >= limit {
                     break;
                 }
-                if pending.get(seq)?.is_none() && aside.get(seq)?.is_none() {
+                if pending.get(seq)?.is_none()
+                    && pending_high.get(seq)?.is_none()
+                    && aside.get(seq)?.is_none()
+                {
                     doomed.push(seq);
                 }
             }
@@ -489,10 +508,27 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Up to `limit` pending events with seq above `after`, in seq order.
+    /// Up to `limit` pending events of either priority with seq above `after`, in seq order.
     pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
+        let mut rows = self.pending_in(Priority::High, after, limit)?;
+        rows.extend(self.pending_in(Priority::Normal, after, limit)?);
+        rows.sort_by_key(|r| r.seq);
+        rows.truncate(limit);
+        Ok(rows)
+    }
+
+    /// Up to `limit` pending events of one priority with seq above `after`, in seq order.
+    pub fn pending_in(
+        &self,
+        priority: Priority,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingRow>, StoreError> {
         let txn = self.db()?.begin_read()?;
-        let pending = txn.open_table(PENDING)?;
+        let pending = txn.open_table(match priority {
+            Priority::High => PENDING_HIGH,
+            Priority::Normal => PENDING,
+        })?;
         let ev = txn.open_table(EVENTS)?;
         let mut out = Vec::with_capacity(limit.min(1024));
         for row in pending.range((after + 1)..)? {
@@ -543,6 +579,7 @@ impl Store {
         let txn = self.db()?.begin_read()?;
         let ev = txn.open_table(EVENTS)?;
         let pending = txn.open_table(PENDING)?;
+        let pending_high = txn.open_table(PENDING_HIGH)?;
         let mut out = Vec::new();
         let mut next = None;
         for (looked, row) in ev.range(from..)?.enumerate() {
@@ -555,7 +592,11 @@ impl Store {
             let Ok((observed_ms, cbor)) = split_value(seq, v.value()) else {
                 continue;
             };
-            if observed_ms < since_ms || observed_ms > until_ms || pending.get(seq)?.is_some() {
+            if observed_ms < since_ms
+                || observed_ms > until_ms
+                || pending.get(seq)?.is_some()
+                || pending_high.get(seq)?.is_some()
+            {
                 continue;
             }
             out.push(PendingRow {
@@ -576,6 +617,7 @@ impl Store {
         let txn = self.db()?.begin_read()?;
         let ev = txn.open_table(EVENTS)?;
         let pending = txn.open_table(PENDING)?;
+        let pending_high = txn.open_table(PENDING_HIGH)?;
         let mut n = 0;
         for row in ev.range::<u64>(..)? {
             let (k, v) = row?;
@@ -585,6 +627,7 @@ impl Store {
             if observed_ms >= since_ms
                 && observed_ms <= until_ms
                 && pending.get(k.value())?.is_none()
+                && pending_high.get(k.value())?.is_none()
             {
                 n += 1;
             }
@@ -615,18 +658,42 @@ impl Store {
     }
 }
 
+/// The `pending_high` table, None in a file written before it existed (read-only inspection).
+fn open_high(
+    txn: &redb::ReadTransaction,
+) -> Result<Option<redb::ReadOnlyTable<u64, ()>>, StoreError> {
+    match txn.open_table(PENDING_HIGH) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn stats_of(db: &impl ReadableDatabase, path: &Path) -> Result<BufferStats, StoreError> {
     let txn = db.begin_read()?;
     let pending = txn.open_table(PENDING)?;
+    let high = open_high(&txn)?;
     let ev = txn.open_table(EVENTS)?;
     let meta = txn.open_table(META)?;
-    let oldest_pending_ms = match pending.first()? {
-        Some((k, _)) => {
-            let seq = k.value();
-            ev.get(seq)?
-                .and_then(|v| split_value(seq, v.value()).ok().map(|(t, _)| t))
-        }
+    let first_high = match &high {
+        Some(h) => h.first()?.map(|(k, _)| k.value()),
         None => None,
+    };
+    let first_normal = pending.first()?.map(|(k, _)| k.value());
+    // Both tables are in seq order: the oldest pending event is the smaller of their firsts.
+    let oldest = match (first_high, first_normal) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let oldest_pending_ms = match oldest {
+        Some(seq) => ev
+            .get(seq)?
+            .and_then(|v| split_value(seq, v.value()).ok().map(|(t, _)| t)),
+        None => None,
+    };
+    let backlog_high = match &high {
+        Some(h) => h.len()?,
+        None => 0,
     };
     let first_seq = ev.first()?.map(|(k, _)| k.value());
     let last_seq = ev.last()?.map(|(k, _)| k.value());
@@ -639,7 +706,7 @@ fn stats_of(db: &impl ReadableDatabase, path: &Path) -> Result<BufferStats, Stor
     };
     Ok(BufferStats {
         set_aside,
-        backlog: pending.len()?,
+        backlog: pending.len()? + backlog_high,
         stored: ev.len()?,
         oldest_pending_ms,
         first_seq,
@@ -703,10 +770,15 @@ fn inspect_db(
     let txn = db.begin_read()?;
     let ev = txn.open_table(EVENTS)?;
     let pending = txn.open_table(PENDING)?;
+    let high = open_high(&txn)?;
     let mut out = Vec::new();
     let mut push = |seq: u64, v: &[u8]| -> Result<(), StoreError> {
         if let Ok((_, cbor)) = split_value(seq, v) {
-            out.push((seq, pending.get(seq)?.is_some(), cbor.to_vec()));
+            let is_high = match &high {
+                Some(h) => h.get(seq)?.is_some(),
+                None => false,
+            };
+            out.push((seq, is_high || pending.get(seq)?.is_some(), cbor.to_vec()));
         }
         Ok(())
     };
@@ -903,6 +975,94 @@ mod tests {
             s.pending_after(2, 1).unwrap_or_default()[0].cbor,
             vec![4, 4, 4]
         );
+    }
+
+    #[test]
+    fn high_priority_rows_are_pending_apart_and_every_settlement_sees_both_tables() {
+        let (dir, s) = store();
+        let rows: Vec<_> = (1..=6)
+            .map(|i| row(i, 100 + i, vec![i as u8; 92]))
+            .collect();
+        let high = [false, true, false, true, true, false];
+        fn settle<'a>(
+            acked: &'a [u64],
+            set_aside: &'a [(u64, String)],
+            high: &'a [bool],
+        ) -> Settlement<'a> {
+            Settlement {
+                acked,
+                set_aside,
+                high,
+                ..Settlement::default()
+            }
+        }
+        s.commit_with(&rows, &settle(&[], &[], &high), 7, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let seqs = |p| -> Vec<u64> {
+            s.pending_in(p, 0, 10)
+                .unwrap_or_default()
+                .iter()
+                .map(|r| r.seq)
+                .collect()
+        };
+        assert_eq!(seqs(Priority::High), vec![2, 4, 5]);
+        assert_eq!(seqs(Priority::Normal), vec![1, 3, 6]);
+        let st = s.stats().unwrap_or_default();
+        assert_eq!((st.backlog, st.oldest_pending_ms), (6, Some(101)));
+        // Acks and set-asides find a seq in either table; the oldest pending is then a high one.
+        let damaged = [(5, "damaged".to_string())];
+        s.commit_with(
+            &[],
+            &settle(&[1, 4], &damaged, &[]),
+            7,
+            Capacity::unlimited(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(seqs(Priority::High), vec![2]);
+        assert_eq!(seqs(Priority::Normal), vec![3, 6]);
+        let st = s.stats().unwrap_or_default();
+        assert_eq!(
+            (st.backlog, st.oldest_pending_ms, st.set_aside),
+            (3, Some(102), 1)
+        );
+        let all: Vec<u64> = s
+            .pending_after(0, 10)
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(all, vec![2, 3, 6]);
+        // Delivered (1, 4) are in neither table; a replay window finds them, not pending ones.
+        let (delivered, _) = s
+            .delivered_in_window(0, 0, u64::MAX, 10, 100)
+            .unwrap_or_default();
+        let delivered: Vec<u64> = delivered.iter().map(|r| r.seq).collect();
+        assert!(
+            delivered.starts_with(&[1, 4]) && !delivered.iter().any(|q| [2, 3, 6].contains(q)),
+            "{delivered:?}"
+        );
+        // A full buffer drops the oldest undelivered rows whichever table holds them.
+        let cap = Capacity {
+            budget: 300,
+            on_full: OnFull::DropOldest,
+        };
+        let out = s
+            .commit_with(
+                &[row(7, 107, vec![0; 92])],
+                &settle(&[], &[], &[true]),
+                8,
+                cap,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        // 1 and 4 (delivered) go freely; 2 (high) and 3 (normal) are dropped.
+        assert_eq!((out.dropped, out.dropped_last_seq), (2, 3), "{out:?}");
+        assert_eq!(seqs(Priority::High), vec![7]);
+        assert_eq!(seqs(Priority::Normal), vec![6]);
+        drop(s);
+        let i = inspect(&dir.path().join("sub/buffer.redb"), 10).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(i.stats.backlog, 2);
+        let pending: Vec<u64> = i.sample.iter().filter(|r| r.1).map(|r| r.0).collect();
+        assert_eq!(pending, vec![6, 7]);
     }
 
     #[test]

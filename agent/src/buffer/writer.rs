@@ -11,8 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::receipts::{Forget, Receipt};
 use super::store::{Capacity, CommitOutcome, NewRow, Settlement, Store};
+use crate::config::Priority;
 use crate::status::StatusBoard;
 use crate::time::{format_rfc3339_ms, now_ms};
+use crate::upstream::routes::{Event, Routes};
 
 /// Commands queued beyond this make senders wait (back-pressure on the sources).
 const QUEUE: usize = 16_384;
@@ -111,6 +113,11 @@ pub struct WriterHandle {
     /// thousands of readings (and be dropped meanwhile as if undelivered).
     acks: mpsc::UnboundedSender<Settle>,
     committed: watch::Receiver<u64>,
+    /// The highest committed seq of high priority (see `routes`).
+    committed_high: watch::Receiver<u64>,
+    /// The routes that decide each stored reading's priority (and upstream's topics): set at
+    /// start and by an applied push.
+    routes: Arc<watch::Sender<Arc<Routes>>>,
     /// `QUEUE_BYTES`, as permits of one byte.
     bytes: Arc<tokio::sync::Semaphore>,
     liveness: Arc<Liveness>,
@@ -238,6 +245,23 @@ impl WriterHandle {
     pub fn committed(&self) -> watch::Receiver<u64> {
         self.committed.clone()
     }
+
+    /// The highest committed seq of high priority; changes after every commit that stored
+    /// high-priority events.
+    pub fn committed_high(&self) -> watch::Receiver<u64> {
+        self.committed_high.clone()
+    }
+
+    /// Routes readings committed from now on by `routes` (their priority), and tells upstream
+    /// (their topics, see [`WriterHandle::routes`]).
+    pub fn set_routes(&self, routes: Routes) {
+        self.routes.send_replace(Arc::new(routes));
+    }
+
+    /// The routes in effect, updated by [`WriterHandle::set_routes`].
+    pub fn routes(&self) -> watch::Receiver<Arc<Routes>> {
+        self.routes.subscribe()
+    }
 }
 
 /// Starts the writer on a blocking thread. It runs until every `WriterHandle` is dropped and
@@ -267,6 +291,8 @@ pub fn spawn_writer(
         }
     });
     let (committed_tx, committed_rx) = watch::channel(next_seq.saturating_sub(1));
+    let (committed_high_tx, committed_high_rx) = watch::channel(next_seq.saturating_sub(1));
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let liveness = Arc::new(Liveness::default());
     let reader = store.clone();
     let writer = Writer {
@@ -279,6 +305,8 @@ pub fn spawn_writer(
         status,
         cancel,
         committed: committed_tx,
+        committed_high: committed_high_tx,
+        routes: routes_rx,
         last_prune: Instant::now(),
         episode: None,
         own: Vec::new(),
@@ -291,6 +319,8 @@ pub fn spawn_writer(
             tx,
             acks: acks_tx,
             committed: committed_rx,
+            committed_high: committed_high_rx,
+            routes: Arc::new(routes_tx),
             bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
             liveness,
             store: reader,
@@ -309,6 +339,8 @@ struct Writer {
     status: Arc<StatusBoard>,
     cancel: CancellationToken,
     committed: watch::Sender<u64>,
+    committed_high: watch::Sender<u64>,
+    routes: watch::Receiver<Arc<Routes>>,
     last_prune: Instant,
     episode: Option<Episode>,
     /// The agent's own events (drop reports) for the next commit.
@@ -363,6 +395,7 @@ impl Writer {
         let mut pings = Vec::new();
         let mut forget = Vec::new();
         let mut receipts = Vec::new();
+        let mut high = Vec::new();
         let mut ticked = false;
         let mut seq = self.next_seq;
         for cmd in group.iter_mut() {
@@ -422,7 +455,12 @@ impl Writer {
                 Command::Wake => None,
             }))
             .collect::<Vec<_>>();
+        // Once per group: the priority of a reading is decided by the routes in effect when
+        // it is stored.
+        let routes = self.routes.borrow().clone();
         for (mut r, confirm) in appends {
+            let ev = Event::of_body(&r.body, &r.source, r.station.as_deref(), r.role);
+            high.push(routes.priority(&ev) == Priority::High);
             let observed_ms = r.observed_ms;
             if let Some(receipt) = r.receipt.take() {
                 receipts.push((rows.len(), receipt));
@@ -447,6 +485,7 @@ impl Writer {
                 set_aside: &aside,
                 receipts: &receipts,
                 forget: &forget,
+                high: &high,
             };
             let result = self.store.commit_with(&rows, &settle, seq, self.capacity);
             self.liveness.leave();
@@ -521,7 +560,12 @@ impl Writer {
             }
         }
         if outcome.stored > 0 {
-            if let Some(last) = rows.get(outcome.skipped + outcome.stored - 1) {
+            let stored = outcome.skipped..outcome.skipped + outcome.stored;
+            // Before `committed`: upstream, woken by it, then sees the high rows too.
+            if let Some(i) = stored.clone().rev().find(|i| high[*i]) {
+                self.committed_high.send_replace(rows[i].seq);
+            }
+            if let Some(last) = rows.get(stored.end - 1) {
                 self.committed.send_replace(last.seq);
             }
         }

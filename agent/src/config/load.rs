@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use super::decoders;
 use super::model::{
-    Config, Control, MqttSource, SerialSource, Site, Sources, Station, Storage, Upstream,
+    Config, Control, MqttSource, RouteConfig, SerialSource, Site, Sources, Station, Storage,
+    Upstream,
 };
 use super::read::Collector;
 use super::validate::validate;
@@ -60,8 +61,8 @@ pub fn toml_tree(text: &str, origin: &str) -> Result<serde_json::Value, String> 
 }
 
 /// The top-level sections.
-const SECTIONS: [&str; 6] = [
-    "site", "storage", "upstream", "stations", "sources", "control",
+const SECTIONS: [&str; 7] = [
+    "site", "storage", "upstream", "stations", "sources", "routes", "control",
 ];
 
 /// Builds and validates a configuration from its document tree.
@@ -101,6 +102,7 @@ pub fn from_value(doc: Value) -> Result<Config, Problems> {
         None => Some(Control::default()),
     };
     let stations = read_list::<Station>(&mut c, "stations", take("stations"));
+    let routes = read_list::<RouteConfig>(&mut c, "routes", take("routes"));
     let mut serial = Entries::default();
     let mut mqtt = Entries::default();
     if let Some(v) = take("sources") {
@@ -140,6 +142,7 @@ pub fn from_value(doc: Value) -> Result<Config, Problems> {
         stations: stations.at,
         serial: serial.at,
         mqtt: mqtt.at,
+        routes: routes.at,
     };
     let mut config = Config {
         site,
@@ -151,6 +154,7 @@ pub fn from_value(doc: Value) -> Result<Config, Problems> {
             mqtt: mqtt.items,
         },
         control,
+        routes: routes.items,
         warnings: Vec::new(),
         tree,
     };
@@ -168,7 +172,7 @@ pub fn from_value(doc: Value) -> Result<Config, Problems> {
 /// entry, what did not read comes before what is wrong.
 fn in_file_order(mut problems: Vec<Problem>) -> Problems {
     fn place(key: &str) -> (usize, usize) {
-        let lists = ["stations", "sources.serial", "sources.mqtt"];
+        let lists = ["stations", "sources.serial", "sources.mqtt", "routes"];
         for (n, list) in lists.iter().enumerate() {
             if let Some(rest) = key.strip_prefix(list).and_then(|r| r.strip_prefix('[')) {
                 let i = rest
@@ -186,6 +190,7 @@ fn in_file_order(mut problems: Vec<Problem>) -> Problems {
             "upstream" => 3,
             "stations" => 10,
             "sources" => 11,
+            "routes" => 13,
             "control" => 20,
             "" => 0,
             _ => 30,
@@ -217,6 +222,7 @@ pub(super) struct Positions {
     pub(super) stations: Vec<usize>,
     pub(super) serial: Vec<usize>,
     pub(super) mqtt: Vec<usize>,
+    pub(super) routes: Vec<usize>,
 }
 
 impl Positions {

@@ -29,8 +29,9 @@ pub use access::{check_mqtt_url, parse_mqtt_url, BrokerAddr, UrlError};
 pub use decoders::DecoderConfig;
 pub use load::{from_value, load, load_str, toml_tree};
 pub use model::{
-    default_socket, Config, Control, FlowControl, Format, MqttSource, OnFull, Parity, RuleConfig,
-    SerialSource, Site, Sources, Station, Storage, Upstream,
+    default_socket, Config, Control, FlowControl, Format, MqttSource, OnFull, Parity, Priority,
+    RouteConfig, RuleConfig, SerialSource, Site, Sources, Station, Storage, Strings, Upstream,
+    When,
 };
 pub use units::{ByteSize, Span};
 pub use validate::{valid_public_key, PUBLIC_KEY_PREFIX};

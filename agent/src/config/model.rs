@@ -18,6 +18,9 @@ pub struct Config {
     pub stations: Vec<Station>,
     pub sources: Sources,
     pub control: Control,
+    /// `[[routes]]`, in order: the first whose `when` matches an event decides its topic and
+    /// priority (compiled by `upstream::routes`).
+    pub routes: Vec<RouteConfig>,
     /// What is allowed but unwise (a private key readable by others, ...), each naming its key:
     /// `check-config` prints them, `run` logs them once at start.
     pub warnings: Vec<Problem>,
@@ -284,6 +287,90 @@ impl RuleConfig {
             self.values.clone(),
         )
     }
+}
+
+/// How soon an event goes out of a backlog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// In seq order, after every pending `high` event.
+    #[default]
+    Normal,
+    /// Before every pending `normal` event.
+    High,
+}
+
+/// A string or a list of strings (`kind = "exception"`, `kind = ["exception", "shipment.sort"]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Strings {
+    pub items: Vec<String>,
+    /// Written as a list (problems then name the element: `when.kind[1]`).
+    pub list: bool,
+}
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Strings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Strings, E> {
+                Ok(Strings {
+                    items: vec![v.to_string()],
+                    list: false,
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Strings, A::Error> {
+                let mut items = Vec::new();
+                while let Some(s) = a.next_element::<String>()? {
+                    items.push(s);
+                }
+                Ok(Strings { items, list: true })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `[[routes]]` `when`: every key given must match (a key takes one value or a list of them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    /// Event kinds (`shipment.scan`, …, `exception`).
+    #[serde(default)]
+    pub kind: Option<Strings>,
+    /// An exception's reason (`no_read`, `scale_error`, …); other kinds have none and do not match.
+    #[serde(default)]
+    pub reason: Option<Strings>,
+    /// Source ids (`edge-agent` for the agent's own events).
+    #[serde(default)]
+    pub source: Option<Strings>,
+    /// Station ids; an event without a station does not match.
+    #[serde(default)]
+    pub station: Option<Strings>,
+    /// Station roles; an event without a station does not match.
+    #[serde(default)]
+    pub role: Option<Strings>,
+}
+
+/// `[[routes]]`: where matching events go and how soon.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Which events; empty or left out: every event.
+    #[serde(default)]
+    pub when: When,
+    /// Topic under `{prefix}/{site}/`, with placeholders {kind} {reason} {source} {station}
+    /// {role} (`none` when the event has no value).
+    pub topic: String,
+    /// `high` or `normal` (default).
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 /// `[sources]`.

@@ -239,6 +239,12 @@ pub(super) fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut 
         }
     }
     check_http(cfg, c, w);
+    for (i, key, message) in crate::upstream::routes::compile(cfg).1 {
+        c.push(
+            format!("routes[{}].{key}", Positions::of(&at.routes, i)),
+            message,
+        );
+    }
 }
 
 /// `control.http` and its token: an address that parses, a token file that reads, and no

@@ -31,7 +31,7 @@ pub enum MergeError {
     LocalNotATable,
     #[error("upstream must be a table")]
     UpstreamNotATable,
-    #[error("sets {}, which stay local to the site (a pushed configuration may set only [[stations]], [[sources.*]] and upstream.replay_rate / max_inflight)", .0.join(", "))]
+    #[error("sets {}, which stay local to the site (a pushed configuration may set only [[stations]], [[sources.*]], [[routes]] and upstream.replay_rate / max_inflight)", .0.join(", "))]
     LocalKeys(Vec<String>),
     #[error("invalid configuration:\n{0}")]
     Invalid(Problems),

@@ -1,8 +1,9 @@
 //! What a pushed document may change, and the configuration it makes.
 //!
 //! A document holds the site's operational sections: `[[stations]]`, `[[sources.serial]]`,
-//! `[[sources.mqtt]]`, and `[upstream]` `replay_rate` / `max_inflight`. Its stations and
-//! sources replace the file's (a document without stations has none); `replay_rate` and
+//! `[[sources.mqtt]]`, `[[routes]]`, and `[upstream]` `replay_rate` / `max_inflight`. Its
+//! stations, sources and routes replace the file's (a document without stations has none, one
+//! without routes sends every event to `events/{kind}`); `replay_rate` and
 //! `max_inflight` replace the file's when the document sets them. Anything else (site
 //! identity, storage, the upstream address and credentials, `[control]`) stays local: a
 //! document that sets it is rejected.
@@ -29,10 +30,12 @@ pub fn merge(local: &Config, doc_toml: &str) -> Result<Config, MergeError> {
     let mut local_keys = Vec::new();
     let mut stations = Value::Array(Vec::new());
     let mut sources = Value::Object(Default::default());
+    let mut routes = Value::Array(Vec::new());
     for (key, value) in doc {
         match key.as_str() {
             "stations" => stations = value,
             "sources" => sources = value,
+            "routes" => routes = value,
             "upstream" => {
                 let Value::Object(up) = value else {
                     return Err(MergeError::UpstreamNotATable);
@@ -55,6 +58,7 @@ pub fn merge(local: &Config, doc_toml: &str) -> Result<Config, MergeError> {
     }
     top.insert("stations".into(), stations);
     top.insert("sources".into(), sources);
+    top.insert("routes".into(), routes);
     config::from_value(tree).map_err(MergeError::Invalid)
 }
 
@@ -115,6 +119,33 @@ station = "recv-01"
         assert_eq!(ids, ["scanner-b"]);
         assert_eq!(merged.stations.len(), 1);
         assert!(merged.sources.serial.is_empty());
+    }
+
+    #[test]
+    fn routes_are_replaced_by_the_document_and_validated_like_the_file() {
+        let mut file = local();
+        let with_route = "[[stations]]\nid = \"pack-01\"\nrole = \"packing\"\n[[routes]]\nwhen = { kind = \"exception\" }\ntopic = \"alerts/{station}\"\npriority = \"high\"\n";
+        file = merge(&file, with_route).unwrap();
+        assert_eq!(file.routes.len(), 1);
+        assert_eq!(file.routes[0].priority, crate::config::Priority::High);
+        // A document without routes has none: every event goes to events/{kind} again.
+        let merged = merge(
+            &file,
+            "[[stations]]\nid = \"pack-01\"\nrole = \"packing\"\n",
+        )
+        .unwrap();
+        assert!(merged.routes.is_empty());
+        let err = merge(
+            &file,
+            "[[routes]]\nwhen = { kind = \"shipment.scn\" }\ntopic = \"status\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("routes[0].when.kind: \"shipment.scn\" is not a kind"),
+            "{err}"
+        );
+        assert!(err.contains("routes[0].topic: "), "{err}");
     }
 
     #[test]

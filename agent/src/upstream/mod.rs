@@ -14,6 +14,11 @@
 //! message (a JSON array, or a CBOR array with `format = "cbor"`); its PUBACK delivers them
 //! all.
 //!
+//! Routing (`routes`): each event's topic is rendered when it is sent, from the routes in
+//! effect then (a push re-routes the backlog). High-priority events wait in their own pending
+//! table (see `buffer`), read ahead and sent before any normal one whenever any are pending;
+//! each table is sent in seq order, so order is kept per source within each priority.
+//!
 //! Replays (control socket, `{prefix}/{site}/cmd/replay`) send delivered events again with
 //! `"replayed": true`, within the same window and rate cap, after the backlog.
 //!
@@ -22,12 +27,13 @@
 //! arrives there and publishes what it asks; it keeps nothing of it.
 
 mod rate;
+pub mod routes;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edge_protocol::{Envelope, Kind};
+use edge_protocol::Envelope;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
@@ -35,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::buffer::{PendingRow, Store, WriterHandle};
-use crate::config::{parse_mqtt_url, Config, Format};
+use crate::config::{parse_mqtt_url, Config, Format, Priority};
 use crate::control::plane::{Heard, UpstreamLink};
 use crate::control::replay::ReplayRequest;
 use crate::link::{Link, LinkError, Settings, Version, Will};
@@ -136,12 +142,23 @@ struct Conn {
     events_in_flight: usize,
     /// The last packet id given out.
     last_pkid: u16,
-    /// Pending rows read ahead of the window, oldest first.
+    /// Pending normal-priority rows read ahead of the window, oldest first.
     ahead: VecDeque<PendingRow>,
-    /// Highest seq read from the buffer on this connection.
+    /// Highest normal-priority seq read from the buffer on this connection.
     cursor: u64,
-    /// The last read found nothing more; wait for a commit.
+    /// The last read of normal rows found nothing more; wait for a commit.
     caught_up: bool,
+    /// The same for high-priority rows, which go first.
+    ahead_high: VecDeque<PendingRow>,
+    cursor_high: u64,
+    caught_up_high: bool,
+}
+
+impl Conn {
+    /// Nothing read ahead and nothing more in the buffer.
+    fn idle(&self) -> bool {
+        self.caught_up && self.caught_up_high && self.ahead.is_empty() && self.ahead_high.is_empty()
+    }
 }
 
 impl Conn {
@@ -185,19 +202,46 @@ struct ReplayJob {
     until_ms: u64,
 }
 
-/// Topic names by kind, made once.
-#[derive(Default)]
+/// Topic names: rendered from the routes in effect into reused strings.
 struct Topics {
+    /// `{prefix}/{site}/`.
     prefix: String,
-    by_kind: HashMap<Kind, String>,
+    routes: watch::Receiver<Arc<routes::Routes>>,
+    current: Arc<routes::Routes>,
+    /// The topic of the message being put together, and the next event's, to compare.
+    topic: String,
+    next: String,
 }
 
 impl Topics {
-    fn of(&mut self, kind: Kind) -> &str {
-        let prefix = &self.prefix;
-        self.by_kind
-            .entry(kind)
-            .or_insert_with(|| format!("{prefix}/events/{kind}"))
+    fn new(prefix: String, mut routes: watch::Receiver<Arc<routes::Routes>>) -> Topics {
+        let current = routes.borrow_and_update().clone();
+        Topics {
+            topic: String::with_capacity(prefix.len() + 64),
+            next: String::with_capacity(prefix.len() + 64),
+            prefix,
+            routes,
+            current,
+        }
+    }
+
+    /// Picks up routes a push changed (once per change, not per event).
+    fn refresh(&mut self) {
+        if self.routes.has_changed().unwrap_or(false) {
+            self.current = self.routes.borrow_and_update().clone();
+        }
+    }
+
+    /// Renders `env`'s full topic into `topic` (`next`: false) or `next` (true).
+    fn render(&mut self, env: &Envelope, next: bool) {
+        let out = if next {
+            &mut self.next
+        } else {
+            &mut self.topic
+        };
+        out.clear();
+        out.push_str(&self.prefix);
+        self.current.render(&routes::Event::of_envelope(env), out);
     }
 }
 
@@ -327,16 +371,17 @@ impl Upstream {
             ahead: VecDeque::new(),
             cursor: 0,
             caught_up: false,
+            ahead_high: VecDeque::new(),
+            cursor_high: 0,
+            caught_up_high: false,
         };
         match self.connected(&mut conn, backoff).await {
             Ok(()) => {}
             Err(e) => return Ended::Dropped(self.describe(&e)),
         }
-        let mut topics = Topics {
-            prefix: self.topic_prefix(),
-            ..Topics::default()
-        };
+        let mut topics = Topics::new(format!("{}/", self.topic_prefix()), self.writer.routes());
         let mut committed = self.writer.committed();
+        let mut committed_high = self.writer.committed_high();
         let mut beat = tokio::time::interval(HEARTBEAT);
         let mut keep_alive = tokio::time::interval_at(
             tokio::time::Instant::now() + conn.link.keep_alive_every,
@@ -348,7 +393,7 @@ impl Upstream {
                 bucket.set_rate(self.limits.borrow_and_update().replay_rate);
             }
             let wait_tokens = bucket.wait();
-            let sending = !conn.caught_up || !conn.ahead.is_empty() || !jobs.is_empty();
+            let sending = !conn.idle() || !jobs.is_empty();
             tokio::select! {
                 // Cancel-safe: a cancelled token stays cancelled.
                 _ = self.shutdown.cancelled() => {
@@ -368,6 +413,10 @@ impl Upstream {
                 r = committed.changed(), if conn.caught_up => {
                     if r.is_err() { return Ended::Shutdown; }
                     conn.caught_up = false;
+                    // The writer moves `committed_high` before `committed`.
+                    if committed_high.has_changed().unwrap_or(false) {
+                        conn.caught_up_high = false;
+                    }
                 }
                 // Cancel-safe: sleeping holds no state.
                 _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() && sending => {}
@@ -395,13 +444,18 @@ impl Upstream {
                 }
             }
             if let Err(why) = self
-                .fill(&mut conn, bucket, &mut committed, &mut topics)
+                .fill(
+                    &mut conn,
+                    bucket,
+                    (&mut committed, &mut committed_high),
+                    &mut topics,
+                )
                 .await
             {
                 return Ended::Dropped(why);
             }
             // Replays go after the backlog, in the room the backlog leaves.
-            if conn.caught_up && conn.ahead.is_empty() && !jobs.is_empty() {
+            if conn.idle() && !jobs.is_empty() {
                 if let Err(why) = self.fill_replay(&mut conn, bucket, jobs, &mut topics).await {
                     return Ended::Dropped(why);
                 }
@@ -489,33 +543,48 @@ impl Upstream {
             .map_err(|_| "the buffer writer stopped".to_string())
     }
 
-    /// Publishes pending events while the window and the rate allow.
+    /// Publishes pending events while the window and the rate allow: high-priority ones first
+    /// whenever any are pending.
     async fn fill(
         &self,
         conn: &mut Conn,
         bucket: &mut TokenBucket,
-        committed: &mut watch::Receiver<u64>,
+        (committed, committed_high): (&mut watch::Receiver<u64>, &mut watch::Receiver<u64>),
         topics: &mut Topics,
     ) -> Result<(), String> {
         let batch = self.batch();
+        topics.refresh();
         while conn.events_in_flight < self.window() && conn.link.queued() < WRITE_CHUNK {
-            if conn.ahead.is_empty()
-                && (conn.caught_up || !self.read_ahead(conn, committed).await?)
+            if committed_high.has_changed().unwrap_or(false) {
+                conn.caught_up_high = false;
+            }
+            if conn.ahead_high.is_empty() && !conn.caught_up_high {
+                self.read_ahead(conn, Priority::High, committed_high)
+                    .await?;
+            }
+            let high = !conn.ahead_high.is_empty();
+            if !high
+                && conn.ahead.is_empty()
+                && (conn.caught_up || !self.read_ahead(conn, Priority::Normal, committed).await?)
             {
                 return Ok(());
             }
-            let allowed = bucket.take(batch.min(conn.ahead.len()));
+            let ahead = if high {
+                &mut conn.ahead_high
+            } else {
+                &mut conn.ahead
+            };
+            let allowed = bucket.take(batch.min(ahead.len()));
             if allowed == 0 {
                 return Ok(());
             }
             let mut rows: Vec<PendingRow> = Vec::with_capacity(allowed);
-            let mut kind = None;
             while rows.len() < allowed {
-                let Some(row) = conn.ahead.front() else { break };
+                let Some(row) = ahead.front() else { break };
                 let env = match Envelope::from_cbor(&row.cbor) {
                     Ok(env) => env,
                     Err(e) => {
-                        let Some(row) = conn.ahead.pop_front() else {
+                        let Some(row) = ahead.pop_front() else {
                             break;
                         };
                         // One unreadable row must not stop everything stored after it.
@@ -526,11 +595,15 @@ impl Upstream {
                     }
                 };
                 // A batch is one topic.
-                if kind.is_some_and(|k| k != env.kind()) {
-                    break;
+                if rows.is_empty() {
+                    topics.render(&env, false);
+                } else {
+                    topics.render(&env, true);
+                    if topics.next != topics.topic {
+                        break;
+                    }
                 }
-                kind = Some(env.kind());
-                let Some(row) = conn.ahead.pop_front() else {
+                let Some(row) = ahead.pop_front() else {
                     break;
                 };
                 rows.push(row);
@@ -539,8 +612,10 @@ impl Upstream {
                 }
             }
             bucket.give_back(allowed - rows.len());
-            let Some(kind) = kind else { continue };
-            let topic = topics.of(kind);
+            if rows.is_empty() {
+                continue;
+            }
+            let topic = topics.topic.as_str();
             if rows.len() == 1 && batch == 1 {
                 let row = &rows[0];
                 let payload = self.payload_of(row)?;
@@ -554,37 +629,50 @@ impl Upstream {
         Ok(())
     }
 
-    /// Reads the next pending rows into `ahead`; false when there were none.
+    /// Reads the next pending rows of one priority into their `ahead`; false when there were
+    /// none. `committed` is that priority's commit signal.
     async fn read_ahead(
         &self,
         conn: &mut Conn,
+        priority: Priority,
         committed: &mut watch::Receiver<u64>,
     ) -> Result<bool, String> {
         // Mark the committed seq seen before reading: a commit after this read wakes us.
         committed.borrow_and_update();
         let store = self.store.clone();
-        let after = conn.cursor;
-        let rows = match tokio::task::spawn_blocking(move || store.pending_after(after, READ_AHEAD))
-            .await
+        let (cursor, caught_up, ahead) = match priority {
+            Priority::High => (
+                &mut conn.cursor_high,
+                &mut conn.caught_up_high,
+                &mut conn.ahead_high,
+            ),
+            Priority::Normal => (&mut conn.cursor, &mut conn.caught_up, &mut conn.ahead),
+        };
+        let after = *cursor;
+        let rows = match tokio::task::spawn_blocking(move || {
+            store.pending_in(priority, after, READ_AHEAD)
+        })
+        .await
         {
             Ok(Ok(rows)) => rows,
             // The buffer is being reopened after a write error (the writer reports it): keep
             // the connection and look again after the next commit.
+            // High rows are looked for again at the next pass (at least every HEARTBEAT).
             Ok(Err(e)) => {
                 tracing::debug!("reading the buffer: {e}");
-                conn.caught_up = true;
+                *caught_up = priority == Priority::Normal;
                 return Ok(false);
             }
             Err(e) => return Err(format!("reading the buffer: {e}")),
         };
         if rows.len() < READ_AHEAD {
-            conn.caught_up = true;
+            *caught_up = true;
         }
         if let Some(last) = rows.last() {
-            conn.cursor = last.seq;
+            *cursor = last.seq;
         }
         let any = !rows.is_empty();
-        conn.ahead.extend(rows);
+        ahead.extend(rows);
         Ok(any)
     }
 
@@ -714,7 +802,8 @@ impl Upstream {
             };
             env.replayed = true;
             let payload = self.encode(&env);
-            conn.send(topics.of(env.kind()), &payload, false, Sent::Replay)?;
+            topics.render(&env, false);
+            conn.send(&topics.topic, &payload, false, Sent::Replay)?;
         }
         match next {
             Some(seq) => job.next_seq = seq,

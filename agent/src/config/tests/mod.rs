@@ -5,6 +5,7 @@
 mod access;
 mod entries;
 mod http;
+mod routes;
 
 use std::path::Path;
 use std::time::Duration;
