@@ -58,6 +58,9 @@ const INCOMING_MAX: usize = 4 << 20;
 /// How long a stopping agent waits for PUBACKs of what is already in flight.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
+/// How long a new connection waits for the previous one's acknowledgements to be committed.
+const SETTLED_WAIT: Duration = Duration::from_secs(2);
+
 /// Pending rows read from the buffer at once, ahead of the window.
 const READ_AHEAD: usize = 2048;
 
@@ -379,6 +382,10 @@ impl Upstream {
             Ok(()) => {}
             Err(e) => return Ended::Dropped(self.describe(&e)),
         }
+        // PUBACKs of the last connection may still wait for their commit: the backlog is read
+        // after it, or those events would go out again. Bounded, so that a writer retrying a
+        // full disk does not hold upstream (sending again is only a duplicate).
+        let _ = tokio::time::timeout(SETTLED_WAIT, self.writer.ping()).await;
         let mut topics = Topics::new(format!("{}/", self.topic_prefix()), self.writer.routes());
         let mut committed = self.writer.committed();
         let mut committed_high = self.writer.committed_high();

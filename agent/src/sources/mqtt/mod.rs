@@ -17,7 +17,6 @@
 //! although it was already stored (committed, PUBACK not yet out) to `receive_maximum`, even
 //! with brokers that send past the Receive Maximum we announce. The connection is in `crate::link`.
 
-
 mod redelivery;
 mod subscriptions;
 
@@ -32,10 +31,10 @@ use super::SourceContext;
 use crate::backoff::Backoff;
 use crate::buffer::{Appended, Digest};
 use crate::config::{parse_mqtt_url, MqttSource};
+use crate::link::{Link, LinkError, Settings, Version};
 use crate::normalize::Normalizer;
 use crate::status::SourceState;
 use crate::tls::Access;
-use crate::link::{Link, LinkError, Settings, Version};
 use redelivery::{Redeliveries, Verdict};
 
 /// How long the site broker keeps our session (subscriptions and undelivered messages) while
