@@ -586,6 +586,8 @@ impl Upstream {
                 return Ok(());
             }
             let mut rows: Vec<PendingRow> = Vec::with_capacity(allowed);
+            // Each row's envelope, decoded once (for its topic, and its payload unless CBOR).
+            let mut envs: Vec<Envelope> = Vec::with_capacity(allowed);
             while rows.len() < allowed {
                 let Some(row) = ahead.front() else { break };
                 let env = match Envelope::from_cbor(&row.cbor) {
@@ -614,6 +616,7 @@ impl Upstream {
                     break;
                 };
                 rows.push(row);
+                envs.push(env);
                 if batch == 1 {
                     break;
                 }
@@ -625,11 +628,11 @@ impl Upstream {
             let topic = topics.topic.as_str();
             if rows.len() == 1 && batch == 1 {
                 let row = &rows[0];
-                let payload = self.payload_of(row)?;
+                let payload = self.payload_of(row, &envs[0]);
                 conn.send(topic, &payload, false, Sent::Event(row.seq))?;
             } else {
                 let seqs = rows.iter().map(|r| r.seq).collect();
-                let payload = self.batch_of(&rows)?;
+                let payload = self.batch_of(&rows, &envs);
                 conn.send(topic, &payload, false, Sent::Batch(seqs))?;
             }
         }
@@ -684,13 +687,11 @@ impl Upstream {
     }
 
     /// One event's payload in the configured format.
-    fn payload_of(&self, row: &PendingRow) -> Result<Vec<u8>, String> {
+    fn payload_of(&self, row: &PendingRow, env: &Envelope) -> Vec<u8> {
         match self.config.upstream.format {
-            Format::Cbor => Ok(row.cbor.clone()),
-            _ => {
-                let env = Envelope::from_cbor(&row.cbor).map_err(|e| e.to_string())?;
-                Ok(self.encode(&env))
-            }
+            // As stored: no encoding at all.
+            Format::Cbor => row.cbor.clone(),
+            _ => self.encode(env),
         }
     }
 
@@ -705,7 +706,7 @@ impl Upstream {
 
     /// Several events as one message: a CBOR array of the envelopes with `format = "cbor"`,
     /// else a JSON array of what each would be alone.
-    fn batch_of(&self, rows: &[PendingRow]) -> Result<Vec<u8>, String> {
+    fn batch_of(&self, rows: &[PendingRow], envs: &[Envelope]) -> Vec<u8> {
         let mut out = Vec::with_capacity(rows.iter().map(|r| r.cbor.len() + 64).sum());
         match self.config.upstream.format {
             Format::Cbor => {
@@ -716,16 +717,16 @@ impl Upstream {
             }
             _ => {
                 out.push(b'[');
-                for (i, r) in rows.iter().enumerate() {
+                for (i, (r, env)) in rows.iter().zip(envs).enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
-                    out.extend_from_slice(&self.payload_of(r)?);
+                    out.extend_from_slice(&self.payload_of(r, env));
                 }
                 out.push(b']');
             }
         }
-        Ok(out)
+        out
     }
 
     /// Hands a message on a control plane topic to the control plane.
