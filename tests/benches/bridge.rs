@@ -6,7 +6,8 @@
 //! Needs mosquitto and the stock clients (`apt-get install -y mosquitto mosquitto-clients`).
 //! `N=30000` readings per phase, `ROUNDS=2` rounds (bridge, agent, bridge, agent, ...; the best
 //! round per side and phase is reported), `RECEIVE_MAXIMUM=n` sets the agent's MQTT source
-//! window (default: the agent's), `EDGE_AGENT_BIN` the agent binary (default: the release build
+//! window (default: the agent's), `BATCH=n` sets the agent's `upstream.batch` (central then
+//! gets JSON arrays; every event in them is counted), `EDGE_AGENT_BIN` the agent binary (default: the release build
 //! next to this bench).
 //!
 //! - bridge: device → site mosquitto (persistence, a bridge `connection` to central with
@@ -184,39 +185,52 @@ impl Sub {
                     g.probes += 1;
                     continue;
                 }
-                let (reading, id) = match side {
-                    Side::Bridge => (Some(line), None),
+                // One message: a reading (bridge), an event, or an array of events
+                // (`upstream.batch`).
+                let found: Vec<(Option<String>, Option<String>)> = match side {
+                    Side::Bridge => vec![(Some(line), None)],
                     Side::Agent => {
                         let v: serde_json::Value =
                             serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
-                        let raw = v["raw"]
-                            .as_str()
-                            .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok());
-                        let ok = v["kind"] == "shipment.scan";
-                        (
-                            raw.filter(|_| ok)
-                                .map(|r| String::from_utf8_lossy(&r).into_owned()),
-                            v["id"].as_str().map(str::to_string),
-                        )
+                        let events = match v {
+                            serde_json::Value::Array(a) => a,
+                            one => vec![one],
+                        };
+                        events
+                            .iter()
+                            .map(|v| {
+                                let raw = v["raw"].as_str().and_then(|r| {
+                                    base64::engine::general_purpose::STANDARD.decode(r).ok()
+                                });
+                                let ok = v["kind"] == "shipment.scan";
+                                (
+                                    raw.filter(|_| ok)
+                                        .map(|r| String::from_utf8_lossy(&r).into_owned()),
+                                    v["id"].as_str().map(str::to_string),
+                                )
+                            })
+                            .collect()
                     }
                 };
-                g.total += 1;
-                g.last_any = Some(now);
-                match reading {
-                    Some(r) if r.starts_with(&want) => {
-                        g.first.get_or_insert(now);
-                        if g.readings.insert(r) {
-                            g.last_new = Some(now);
-                        } else {
-                            g.dupes += 1;
-                        }
-                        if let Some(id) = id {
-                            if !g.ids.insert(id) {
-                                g.dupe_ids += 1;
+                for (reading, id) in found {
+                    g.total += 1;
+                    g.last_any = Some(now);
+                    match reading {
+                        Some(r) if r.starts_with(&want) => {
+                            g.first.get_or_insert(now);
+                            if g.readings.insert(r) {
+                                g.last_new = Some(now);
+                            } else {
+                                g.dupes += 1;
+                            }
+                            if let Some(id) = id {
+                                if !g.ids.insert(id) {
+                                    g.dupe_ids += 1;
+                                }
                             }
                         }
+                        _ => g.strays += 1,
                     }
-                    _ => g.strays += 1,
                 }
             }
         });
@@ -477,6 +491,7 @@ url = "{}"
 format = "json"
 max_inflight = 200
 replay_rate = 1000000
+{batch}
 [[stations]]
 id = "pack-01"
 role = "packing"
@@ -492,6 +507,11 @@ socket = "{{dir}}/control.sock"
 "#,
         central.url(),
         site.url(),
+        batch = std::env::var("BATCH")
+            .ok()
+            .and_then(|b| b.parse::<u16>().ok())
+            .map(|b| format!("batch = {b}"))
+            .unwrap_or_default(),
         window = receive_maximum()
             .map(|n| format!("receive_maximum = {n}"))
             .unwrap_or_default()
