@@ -136,6 +136,55 @@ impl LinkError {
     }
 }
 
+impl LinkError {
+    /// The error as an operator reads it: `what` names the broker (and the source), `key` the
+    /// configuration section whose keys fix it, `filters` what it subscribes to (for a refused
+    /// subscription).
+    pub fn explain(&self, what: &str, key: &str, filters: &str) -> String {
+        use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
+        if let Some(why) = crate::tls::explain(self, key) {
+            return format!("{what}: {why}");
+        }
+        let e = self;
+        match e {
+            LinkError::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
+                format!("{what}: connection refused; is the broker running and listening there?")
+            }
+            LinkError::Refused(ConnectReturnCode::UnsupportedProtocolVersion, _) => {
+                format!("{what}: the broker speaks neither MQTT 5 nor MQTT 3.1.1 ({e})")
+            }
+            LinkError::ClosedAtConnect(v) => {
+                let also = match v {
+                    Version::V311 => " (nor the MQTT 5 one)",
+                    Version::V5 => "",
+                };
+                format!("{what}: {e}{also}; see the broker's log (it may refuse this client or address), and check that {key}.url is an MQTT listener (mqtts:// for a TLS one)")
+            }
+            LinkError::NotMqtt(..) => {
+                format!("{what}: not an MQTT broker? {e}; check the port in {key}.url (mqtts:// for a TLS listener)")
+            }
+            LinkError::Refused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+                _,
+            ) => {
+                format!("{what}: the broker refused the connection ({code:?}); check {key}.username and {key}.password_file")
+            }
+            LinkError::Refused(..) => {
+                format!("{what}: {e}; check credentials and {key}.client_id")
+            }
+            LinkError::Disconnected(DisconnectReasonCode::SessionTakenOver, _) => {
+                format!("{what}: {e}: another client connected with the same client id; give each agent and source its own {key}.client_id")
+            }
+            LinkError::Subscription(..) => {
+                format!(
+                    "{what}: {e}; check {filters} and the broker's access rules for this client"
+                )
+            }
+            other => format!("{what}: {other}"),
+        }
+    }
+}
+
 impl fmt::Display for LinkError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

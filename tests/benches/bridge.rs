@@ -320,6 +320,29 @@ impl Sub {
             .unwrap_or_default()
     }
 
+    /// Waits for all `n` readings and measures the phase that started at `t0`; stops.
+    fn finish(
+        self,
+        n: usize,
+        what: &str,
+        t0: Instant,
+        publish_secs: f64,
+        pid: u32,
+    ) -> Result<Phase> {
+        let (first, last) = self.wait_all(n, what)?;
+        let (dupes, dupe_ids) = self.counts();
+        let phase = Phase {
+            secs: (last - t0).as_secs_f64(),
+            drain_secs: (last - first).as_secs_f64(),
+            publish_secs,
+            peak_kib: hwm_kib(pid),
+            dupes,
+            dupe_ids,
+        };
+        self.stop();
+        Ok(phase)
+    }
+
     fn stop(self) {
         drop(self.child);
     }
@@ -578,17 +601,7 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
     sub.wait_subscribed(central.port)?;
     let t0 = Instant::now();
     let publish_secs = flood(site.port, &live_file, dir.path())?;
-    let (first, last) = sub.wait_all(n, &what("live"))?;
-    let (dupes, dupe_ids) = sub.counts();
-    let live = Phase {
-        secs: (last - t0).as_secs_f64(),
-        drain_secs: (last - first).as_secs_f64(),
-        publish_secs,
-        peak_kib: hwm_kib(pid),
-        dupes,
-        dupe_ids,
-    };
-    sub.stop();
+    let live = sub.finish(n, &what("live"), t0, publish_secs, pid)?;
     if let Some(a) = agent.as_mut() {
         a.wait("the live backlog to clear", DEADLINE, |s| s["backlog"] == 0)?;
     }
@@ -616,17 +629,7 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
     let t0 = Instant::now();
     central.restart().context("restarting central")?;
     let sub = Sub::start(central.port, side, &sub_id, backlog_tag, dir.path())?;
-    let (first, last) = sub.wait_all(n, &what("backlog"))?;
-    let (dupes, dupe_ids) = sub.counts();
-    let backlog = Phase {
-        secs: (last - t0).as_secs_f64(),
-        drain_secs: (last - first).as_secs_f64(),
-        publish_secs,
-        peak_kib: hwm_kib(pid),
-        dupes,
-        dupe_ids,
-    };
-    sub.stop();
+    let backlog = sub.finish(n, &what("backlog"), t0, publish_secs, pid)?;
     Ok((live, backlog))
 }
 

@@ -29,6 +29,7 @@
 mod rate;
 pub mod routes;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -687,11 +688,11 @@ impl Upstream {
     }
 
     /// One event's payload in the configured format.
-    fn payload_of(&self, row: &PendingRow, env: &Envelope) -> Vec<u8> {
+    fn payload_of<'r>(&self, row: &'r PendingRow, env: &Envelope) -> Cow<'r, [u8]> {
         match self.config.upstream.format {
-            // As stored: no encoding at all.
-            Format::Cbor => row.cbor.clone(),
-            _ => self.encode(env),
+            // As stored: no encoding, no copy.
+            Format::Cbor => Cow::Borrowed(&row.cbor),
+            _ => Cow::Owned(self.encode(env)),
         }
     }
 
@@ -850,33 +851,8 @@ impl Upstream {
 
     fn describe(&self, e: &LinkError) -> String {
         let what = format!("upstream broker {}", self.config.upstream.url);
-        if let Some(why) = crate::tls::explain(e, "upstream") {
-            return format!("{what}: {why}");
-        }
-        use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Code;
-        match e {
-            LinkError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                format!("{what}: connection refused; is it reachable and listening?")
-            }
-            LinkError::Refused(code @ (Code::BadUserNamePassword | Code::NotAuthorized), _) => {
-                format!(
-                    "{what}: refused the connection ({code:?}); check upstream.username and upstream.password_file"
-                )
-            }
-            LinkError::Refused(..) => {
-                format!("{what}: {e}; check credentials and upstream.client_id")
-            }
-            LinkError::Disconnected(
-                rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
-                _,
-            ) => {
-                format!("{what}: {e}: another client connected with the same client id; give each agent its own upstream.client_id")
-            }
-            LinkError::NotMqtt(..) | LinkError::ClosedAtConnect(..) => {
-                format!("{what}: {e}; check the port in upstream.url (mqtts:// for a TLS listener) and the broker's log")
-            }
-            other => format!("{what}: {other}"),
-        }
+        let filters = format!("the control topics ({})", self.link.topics.join(", "));
+        e.explain(&what, "upstream", &filters)
     }
 }
 

@@ -23,7 +23,7 @@ mod subscriptions;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use tokio::sync::oneshot;
 
@@ -570,48 +570,7 @@ impl MqttSource {
 
     fn describe(&self, e: &LinkError, key: &str) -> String {
         let what = format!("site broker {} (source {})", self.url, self.id);
-        if let Some(why) = crate::tls::explain(e, key) {
-            return format!("{what}: {why}");
-        }
-        match e {
-            LinkError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                format!("{what}: connection refused; is the broker running and listening there?")
-            }
-            LinkError::Refused(ConnectReturnCode::UnsupportedProtocolVersion, _) => {
-                format!("{what}: the broker speaks neither MQTT 5 nor MQTT 3.1.1 ({e})")
-            }
-            LinkError::ClosedAtConnect(v) => {
-                let also = match v {
-                    Version::V311 => " (nor the MQTT 5 one)",
-                    Version::V5 => "",
-                };
-                format!("{what}: {e}{also}; see the broker's log (it may refuse this client or address), and check that {key}.url is an MQTT listener (mqtts:// for a TLS one)")
-            }
-            LinkError::NotMqtt(..) => {
-                format!("{what}: not an MQTT broker? {e}; check the port in {key}.url (mqtts:// for a TLS listener)")
-            }
-            LinkError::Refused(
-                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
-                _,
-            ) => {
-                format!("{what}: the broker refused the connection ({code:?}); check {key}.username and {key}.password_file")
-            }
-            LinkError::Refused(..) => {
-                format!("{what}: {e}; check credentials and {key}.client_id")
-            }
-            LinkError::Disconnected(
-                rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver,
-                _,
-            ) => {
-                format!("{what}: {e}: another client connected with the same client id; give each agent and source its own {key}.client_id")
-            }
-            LinkError::Subscription(..) => {
-                format!(
-                    "{what}: {e}; check {key}.topics and the broker's access rules for this client"
-                )
-            }
-            other => format!("{what}: {other}"),
-        }
+        e.explain(&what, key, &format!("{key}.topics"))
     }
 }
 
