@@ -123,9 +123,6 @@ impl MqttSource {
                     let outcome = self
                         .session(&settings, &mut state, &mut norm, &ctx, refused)
                         .await;
-                    if !self.settle(&mut unacked, &mut receipts, &ctx).await {
-                        return;
-                    }
                     refused = matches!(outcome, Ok(Exit::Refused));
                     match outcome {
                         Ok(Exit::Shutdown) => return,
@@ -145,6 +142,10 @@ impl MqttSource {
                     }
                 }
             };
+            // After status says why: while the disk is full this waits for the writer.
+            if !self.settle(&mut unacked, &mut receipts, &ctx).await {
+                return;
+            }
             tokio::select! {
                 // Cancel-safe: sleeping holds no state.
                 _ = tokio::time::sleep(delay) => {}
