@@ -12,8 +12,9 @@ use crate::remote;
 use crate::shutdown::{Deadline, Joined, Shutdown, Task, Unclean, REPORT_GRACE, STOP_DEADLINE};
 use crate::sources::SourceSet;
 use crate::status::StatusBoard;
+use crate::upstream::http::HttpUpstream;
 use crate::upstream::routes::Routes;
-use crate::upstream::{Limits, Upstream};
+use crate::upstream::{Limits, Role, Upstream};
 
 /// Why `run` failed: at start (exit 1, or 64 for a bad configuration, found before `run`), or
 /// at the stop (exit 1: a stage missed the deadline or readings were abandoned).
@@ -146,21 +147,57 @@ pub async fn run(file: Config, shutdown: CancellationToken) -> Result<(), RunErr
 
     // Upstream stops after the sources, so that it still sends what they commit as they stop.
     let upstream_stop = CancellationToken::new();
-    let mut upstream = shutdown.spawn(
-        "upstream",
-        Upstream {
+    let mqtt = |role, replays, limits, link| Upstream {
+        config: config.clone(),
+        store: store.clone(),
+        writer: writer.clone(),
+        status: status.clone(),
+        shutdown: upstream_stop.clone(),
+        replays,
+        limits,
+        link,
+        oversized: Default::default(),
+        role,
+    };
+    let mut upstream = if config.upstream.is_http() {
+        // Events over HTTP; the control plane over `control.broker`, if set.
+        let http = HttpUpstream {
             config: config.clone(),
             store: store.clone(),
             writer: writer.clone(),
             status: status.clone(),
             shutdown: upstream_stop.clone(),
             replays: replay_rx,
-            limits: limits_rx,
-            link,
-            oversized: Default::default(),
-        }
-        .run(),
-    );
+            limits: limits_rx.clone(),
+        };
+        let control = match &config.control.broker {
+            Some(_) => {
+                // Replay requests go to the HTTP upstream; this connection gets none.
+                let (_, no_replays) = tokio::sync::mpsc::channel(1);
+                Ok(mqtt(Role::ControlOnly, no_replays, limits_rx, link))
+            }
+            None => {
+                tracing::info!(
+                    "no control.broker: status, replay and pushed configuration are served by the control socket and control.http only"
+                );
+                // Held, so that the control plane keeps serving the socket and HTTP.
+                Err(link)
+            }
+        };
+        shutdown.spawn("upstream", async move {
+            match control {
+                Ok(control) => {
+                    tokio::join!(http.run(), control.run());
+                }
+                Err(_link) => http.run().await,
+            }
+        })
+    } else {
+        shutdown.spawn(
+            "upstream",
+            mqtt(Role::Events, replay_rx, limits_rx, link).run(),
+        )
+    };
 
     let mut sources = SourceSet::default();
     sources

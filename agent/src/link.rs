@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long connecting (TCP, TLS and CONNACK together) and any single write may take.
-const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const NETWORK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest packet taken in MQTT 3.1.1: the protocol's own limit. 3.1.1 cannot tell the
 /// broker a maximum packet size, so a larger message would come anyway, and refusing it would
@@ -258,7 +258,7 @@ impl From<CodecError> for LinkError {
     }
 }
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// An open, accepted connection, in MQTT 5 or 3.1.1.

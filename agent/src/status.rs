@@ -38,6 +38,8 @@ pub struct UpstreamStatus {
     pub detail: String,
     /// Events acknowledged by upstream since start.
     pub delivered: u64,
+    /// Events central refused since start (an HTTP upstream's 4xx): set aside.
+    pub rejected: u64,
 }
 
 /// Shared health of all stages.
@@ -79,6 +81,7 @@ impl Default for StatusBoard {
                 connected: false,
                 detail: "not connected yet".into(),
                 delivered: 0,
+                rejected: 0,
             }),
             storage_error: Mutex::new(None),
             delivered: AtomicU64::new(0),
@@ -260,6 +263,11 @@ impl StatusBoard {
 
     pub fn add_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Central refused an event (it is set aside).
+    pub fn add_rejected(&self) {
+        lock(&self.upstream).rejected += 1;
     }
 
     pub fn upstream(&self) -> UpstreamStatus {

@@ -76,6 +76,9 @@ enum Settle {
     Acked(Vec<u64>),
     /// Cannot be read back: kept in the file, no longer pending, reported to central.
     SetAside { seq: u64, why: String, raw: Vec<u8> },
+    /// Refused by central (an HTTP upstream's 4xx for this event alone): kept in the file, no
+    /// longer pending; central knows already.
+    Refused { seq: u64, why: String },
     /// MQTT receipts no longer needed (the site broker confirmed reading their PUBACKs).
     Forget(Vec<Forget>),
 }
@@ -203,6 +206,12 @@ impl WriterHandle {
     pub fn set_aside(&self, seq: u64, why: String, raw: &[u8]) -> Result<(), WriterClosed> {
         let raw = raw[..raw.len().min(SET_ASIDE_RAW)].to_vec();
         self.settle(Settle::SetAside { seq, why, raw })
+    }
+
+    /// Sets a pending event aside because central refused it (`why`: its answer): kept in the
+    /// buffer file, no longer blocking delivery, listed by `edge-agent inspect`.
+    pub fn refused(&self, seq: u64, why: String) -> Result<(), WriterClosed> {
+        self.settle(Settle::Refused { seq, why })
     }
 
     /// The stored receipts of one MQTT session (read off the async workers).
@@ -399,6 +408,16 @@ impl Writer {
         let mut ticked = false;
         let mut seq = self.next_seq;
         for cmd in group.iter_mut() {
+            if let Command::Settle(Settle::Refused { seq, why }) = cmd {
+                if self.set_aside_asked.insert(*seq) {
+                    tracing::error!(
+                        "buffer row {seq}: {why}; it is set aside in {} (edge-agent inspect lists it) and the next events are sent",
+                        self.store.path().display()
+                    );
+                    aside.push((*seq, std::mem::take(why)));
+                }
+                continue;
+            }
             if let Command::Settle(Settle::SetAside { seq, why, raw }) = cmd {
                 // Upstream may ask twice (it reconnected before the first was committed): one
                 // row, one report.
@@ -439,7 +458,7 @@ impl Writer {
                     acks.extend(seqs);
                     None
                 }
-                Command::Settle(Settle::SetAside { .. }) => None,
+                Command::Settle(Settle::SetAside { .. } | Settle::Refused { .. }) => None,
                 Command::Settle(Settle::Forget(f)) => {
                     forget.extend(f);
                     None

@@ -27,6 +27,17 @@ macro_rules! access_of {
 access_of!(Upstream);
 access_of!(MqttSource);
 
+impl Upstream {
+    /// The MQTT broker of the control channels with an HTTP upstream (`control.broker`):
+    /// upstream's TLS and credential keys, at `broker`.
+    pub fn control_access(&self, broker: &str) -> BrokerAccess {
+        BrokerAccess {
+            url: broker.to_string(),
+            ..self.access("upstream")
+        }
+    }
+}
+
 /// Checks an `mqtt://` or `mqtts://` URL; returns the problem, if any.
 pub fn check_mqtt_url(url: &str) -> Result<(), String> {
     parse_mqtt_url(url).map(|_| ()).map_err(|e| e.to_string())
@@ -43,6 +54,101 @@ pub enum UrlError {
     Port { url: String, port: String },
     #[error("{url:?}: needs a host and a port from 1 to 65535")]
     NoHost { url: String },
+}
+
+/// An HTTP endpoint from `https://host[:port][/path][?query]` or `http://…` (loopback only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAddr {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// What the `Host` header carries: the host, and the port when it is not the default.
+    pub authority: String,
+    /// Path and query, at least `/`.
+    pub path: String,
+}
+
+/// Why an HTTP upstream URL cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpUrlError {
+    #[error("{url:?} is not an HTTP URL; write https://host/path")]
+    Scheme { url: String },
+    #[error(
+        "{url:?}: credentials do not go in the URL; put the bearer token in upstream.token_file"
+    )]
+    Credentials { url: String },
+    #[error("{url:?}: a fragment (#…) is never sent; remove it")]
+    Fragment { url: String },
+    #[error("{url:?}: port {port:?} is not a number from 1 to 65535")]
+    Port { url: String, port: String },
+    #[error("{url:?}: needs a host")]
+    NoHost { url: String },
+    #[error("{url:?}: http:// would send events unencrypted over the network; use https://, or http:// only to a loopback address (127.0.0.1, ::1, localhost)")]
+    Plain { url: String },
+}
+
+pub fn parse_http_url(url: &str) -> Result<HttpAddr, HttpUrlError> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(HttpUrlError::Scheme { url: url.into() });
+    };
+    if rest.contains('#') {
+        return Err(HttpUrlError::Fragment { url: url.into() });
+    }
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    if authority.contains('@') {
+        return Err(HttpUrlError::Credentials { url: url.into() });
+    }
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.starts_with('[') || h.ends_with(']') => {
+            let port: u16 = p.parse().map_err(|_| HttpUrlError::Port {
+                url: url.into(),
+                port: p.into(),
+            })?;
+            (h, port)
+        }
+        _ => (authority, default_port),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() || port == 0 {
+        return Err(HttpUrlError::NoHost { url: url.into() });
+    }
+    let loopback = bare.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !tls && !loopback {
+        return Err(HttpUrlError::Plain { url: url.into() });
+    }
+    let path = match path {
+        "" => "/".to_string(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_string(),
+    };
+    Ok(HttpAddr {
+        host: bare.to_string(),
+        port,
+        tls,
+        authority: if port == default_port {
+            host.to_string()
+        } else {
+            format!("{host}:{port}")
+        },
+        path,
+    })
+}
+
+/// Whether `url` (any URL a broker or endpoint key takes) uses TLS; None if it is not one.
+fn uses_tls(url: &str) -> Option<bool> {
+    if let Ok(addr) = parse_mqtt_url(url) {
+        return Some(addr.tls);
+    }
+    parse_http_url(url).map(|addr| addr.tls).ok()
 }
 
 /// A broker address from `mqtt://host[:port]` or `mqtts://host[:port]`.
@@ -86,11 +192,25 @@ pub fn parse_mqtt_url(url: &str) -> Result<BrokerAddr, UrlError> {
     })
 }
 
+/// `mqtt://` of `mqtt://host`.
+fn scheme_of(url: &str) -> &str {
+    url.find("://").map_or(url, |i| &url[..i + 3])
+}
+
+/// A TLS URL of the same kind as `url`, for a message.
+fn tls_example(url: &str) -> &'static str {
+    if url.starts_with("http") {
+        "https://host/path"
+    } else {
+        "mqtts://host:8883"
+    }
+}
+
 /// The TLS and credential keys of one broker: errors in `c`, warnings in `w`.
 pub(super) fn check_access(c: &mut Collector, w: &mut Collector, a: &BrokerAccess) {
     let k = &a.key;
     // An invalid URL is reported on its own; the TLS keys are checked once it says which.
-    let tls = parse_mqtt_url(&a.url).map(|addr| addr.tls).ok();
+    let tls = uses_tls(&a.url);
     // A TLS key that failed to read is reported already; the others are checked with it.
     let tls_keys_read = ["ca_file", "cert_file", "key_file"]
         .iter()
@@ -104,7 +224,11 @@ pub(super) fn check_access(c: &mut Collector, w: &mut Collector, a: &BrokerAcces
             if set {
                 c.push(
                     format!("{k}.{name}"),
-                    format!("only used with TLS, but {k}.url is mqtt://; write mqtts://host:8883 or remove it"),
+                    format!(
+                        "only used with TLS, but {k}.url is {}; write {} or remove it",
+                        scheme_of(&a.url),
+                        tls_example(&a.url)
+                    ),
                 );
             }
         }

@@ -25,7 +25,9 @@ use std::fmt;
 
 /// Defined beside the TLS code that reads its files (so `tls` needs nothing from here).
 pub use crate::tls::BrokerAccess;
-pub use access::{check_mqtt_url, parse_mqtt_url, BrokerAddr, UrlError};
+pub use access::{
+    check_mqtt_url, parse_http_url, parse_mqtt_url, BrokerAddr, HttpAddr, HttpUrlError, UrlError,
+};
 pub use decoders::DecoderConfig;
 pub use load::{from_value, load, load_str, toml_tree};
 pub use model::{

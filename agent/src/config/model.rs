@@ -109,18 +109,20 @@ pub enum Format {
     CloudEvents,
 }
 
-/// `[upstream]`: the central ERP integration broker.
+/// `[upstream]`: where events go, the central ERP integration broker or HTTP endpoint.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (TLS, default 8883).
+    /// `mqtt://host[:port]` (default port 1883), `mqtts://host[:port]` (TLS, default 8883),
+    /// `https://host[:port]/path` (events POSTed in batches) or `http://` to a loopback address.
     pub url: String,
     /// First topic level of everything the agent publishes.
     #[serde(default = "defaults::topic_prefix")]
     pub topic_prefix: String,
-    /// `cbor` (default), `json` or `cloudevents`.
-    #[serde(default = "defaults::format")]
-    pub format: Format,
+    /// `cbor` (default for MQTT), `json` (default for HTTP) or `cloudevents`; see
+    /// [`Upstream::format`].
+    #[serde(default, rename = "format")]
+    pub format_key: Option<Format>,
     /// Events published and not yet acknowledged (PUBACK) at most.
     #[serde(default = "defaults::max_inflight")]
     pub max_inflight: u16,
@@ -128,7 +130,7 @@ pub struct Upstream {
     #[serde(default = "defaults::replay_rate")]
     pub replay_rate: u32,
     /// Up to this many consecutive events of one topic in one MQTT message (a JSON or CBOR
-    /// array); default 1: each event alone.
+    /// array), or events in one HTTP request; see [`Upstream::batch_size`].
     #[serde(default)]
     pub batch: Option<u16>,
     /// MQTT client id; default `edge-agent-{site.id}`.
@@ -155,6 +157,33 @@ pub struct Upstream {
     /// needs `username`; mode 0600.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// HTTP: file whose first line is the bearer token sent with every request (read at each
+    /// connection, never logged); mode 0600.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Upstream {
+    /// Events go to an HTTP endpoint (`http://` or `https://`), not an MQTT broker.
+    pub fn is_http(&self) -> bool {
+        self.url.starts_with("https://") || self.url.starts_with("http://")
+    }
+
+    /// The event encoding: `format`, else CBOR over MQTT and JSON over HTTP.
+    pub fn format(&self) -> Format {
+        self.format_key.unwrap_or(if self.is_http() {
+            Format::Json
+        } else {
+            defaults::format()
+        })
+    }
+
+    /// Events per message (MQTT) or request (HTTP) at most: `batch`, else 1 over MQTT and
+    /// 100 over HTTP.
+    pub fn batch_size(&self) -> usize {
+        let default = if self.is_http() { 100 } else { 1 };
+        usize::from(self.batch.unwrap_or(default).max(1))
+    }
 }
 
 /// `[[stations]]`: a place where devices are read.
@@ -408,6 +437,10 @@ pub struct Control {
     /// How long upstream may be unreachable before `/healthz` says unhealthy.
     #[serde(default = "defaults::health_grace")]
     pub health_grace: Span,
+    /// With an HTTP upstream: the MQTT broker (`mqtt://` or `mqtts://`) that carries status,
+    /// replay requests and pushed configuration, with upstream's TLS and credential keys.
+    #[serde(default)]
+    pub broker: Option<String>,
 }
 
 impl Default for Control {
@@ -420,6 +453,7 @@ impl Default for Control {
             http: defaults::http(),
             http_token_file: None,
             health_grace: defaults::health_grace(),
+            broker: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 
-use super::access::{check_access, check_mqtt_url};
+use super::access::{check_access, check_mqtt_url, parse_http_url};
 use super::load::Positions;
 use super::model::Config;
 use super::read::Collector;
@@ -69,8 +69,26 @@ pub(super) fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut 
         );
     }
     let up = &cfg.upstream;
-    if let Err(e) = check_mqtt_url(&up.url) {
-        c.push("upstream.url", e);
+    if up.is_http() {
+        check_http_upstream(cfg, c, w);
+    } else {
+        if let Err(e) = check_mqtt_url(&up.url) {
+            c.push("upstream.url", e);
+        }
+        for (key, set) in [
+            ("upstream.token_file", up.token_file.is_some()),
+            ("control.broker", cfg.control.broker.is_some()),
+        ] {
+            if set {
+                c.push(
+                    key,
+                    format!(
+                        "only used with an HTTP upstream, but upstream.url is {}; remove it",
+                        up.url
+                    ),
+                );
+            }
+        }
     }
     if up.topic_prefix.is_empty()
         || up.topic_prefix.starts_with('/')
@@ -244,6 +262,47 @@ pub(super) fn validate(cfg: &Config, at: &Positions, c: &mut Collector, w: &mut 
             format!("routes[{}].{key}", Positions::of(&at.routes, i)),
             message,
         );
+    }
+}
+
+/// An HTTP upstream: its URL, its format, its token, and the control broker if any.
+fn check_http_upstream(cfg: &Config, c: &mut Collector, w: &mut Collector) {
+    let up = &cfg.upstream;
+    if let Err(e) = parse_http_url(&up.url) {
+        c.push("upstream.url", e.to_string());
+    }
+    if up.format_key == Some(super::Format::Cbor) {
+        c.push(
+            "upstream.format",
+            "cbor is for MQTT; an HTTP upstream sends a JSON array: use json (the default) or cloudevents",
+        );
+    }
+    if let Some(path) = &up.token_file {
+        if let Err(e) = crate::tls::read_password("upstream.token_file", path) {
+            c.push("upstream.token_file", e.to_string());
+        } else if let Some(warning) = crate::tls::exposure(path) {
+            w.push("upstream.token_file", warning);
+        }
+    }
+    match &cfg.control.broker {
+        Some(broker) => {
+            if let Err(e) = check_mqtt_url(broker) {
+                c.push("control.broker", e);
+            }
+        }
+        None => {
+            for (key, set) in [
+                ("upstream.username", up.username.is_some()),
+                ("upstream.password_file", up.password_file.is_some()),
+            ] {
+                if set {
+                    c.push(
+                        key,
+                        "only used for the MQTT control broker, and control.broker is not set; use upstream.token_file for the HTTP endpoint, or set control.broker",
+                    );
+                }
+            }
+        }
     }
 }
 

@@ -14,14 +14,18 @@ pub fn render_status(v: &Value) -> String {
     let up = &v["upstream"];
     let _ = writeln!(
         out,
-        "upstream:  {} ({}), {} delivered since start",
+        "upstream:  {} ({}), {} delivered since start{}",
         if up["connected"].as_bool() == Some(true) {
             "connected"
         } else {
             "NOT CONNECTED"
         },
         up["detail"].as_str().unwrap_or(""),
-        up["delivered"]
+        up["delivered"],
+        match up["rejected"].as_u64() {
+            Some(n) if n > 0 => format!(", {n} refused by central (set aside)"),
+            _ => String::new(),
+        }
     );
     let _ = writeln!(
         out,
@@ -41,7 +45,7 @@ pub fn render_status(v: &Value) -> String {
     if v["storage"]["set_aside"].as_u64().is_some_and(|n| n > 0) {
         let _ = writeln!(
             out,
-            "set aside: {} events cannot be read back; they are kept in the buffer file (edge-agent inspect lists them)",
+            "set aside: {} events (unreadable, or refused by central); they are kept in the buffer file (edge-agent inspect lists them and why)",
             v["storage"]["set_aside"]
         );
     }
@@ -110,7 +114,7 @@ pub fn inspect(path: &Path) -> Result<String, crate::buffer::StoreError> {
     let _ = writeln!(out, "dropped:      {}", s.dropped);
     let _ = writeln!(
         out,
-        "set aside:    {} events (kept, not sent: they cannot be read back)",
+        "set aside:    {} events (kept, not sent: they cannot be read back, or central refused them)",
         s.set_aside
     );
     for (seq, why) in &i.set_aside {

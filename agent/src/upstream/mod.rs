@@ -26,10 +26,11 @@
 //! rides this connection: upstream subscribes to its topics at every connection, hands it what
 //! arrives there and publishes what it asks; it keeps nothing of it.
 
+mod encode;
+pub mod http;
 mod rate;
 pub mod routes;
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +86,17 @@ pub struct Upstream {
     /// it again at every subscription, so the next connection first removes the retained copy
     /// on the link's retained topic.
     pub oversized: std::sync::atomic::AtomicUsize,
+    /// Events and the control plane, or (with an HTTP upstream) only the control plane.
+    pub role: Role,
+}
+
+/// What the MQTT connection carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Events and the control plane, to `upstream.url`.
+    Events,
+    /// Only the control plane, to `control.broker` (events go over HTTP, see [`http`]).
+    ControlOnly,
 }
 
 /// Why a connection to the upstream broker cannot even be tried: its URL, or its TLS and
@@ -206,6 +218,21 @@ struct ReplayJob {
     until_ms: u64,
 }
 
+impl ReplayJob {
+    fn start(req: ReplayRequest) -> ReplayJob {
+        tracing::info!(
+            "replaying delivered events observed from {} to {}",
+            crate::time::format_rfc3339_ms(req.since_ms),
+            crate::time::format_rfc3339_ms(req.until_ms)
+        );
+        ReplayJob {
+            next_seq: 0,
+            since_ms: req.since_ms,
+            until_ms: req.until_ms,
+        }
+    }
+}
+
 /// Topic names: rendered from the routes in effect into reused strings.
 struct Topics {
     /// `{prefix}/{site}/`.
@@ -263,17 +290,25 @@ impl Upstream {
     }
 
     fn batch(&self) -> usize {
-        usize::from(self.config.upstream.batch.unwrap_or(1).max(1))
+        self.config.upstream.batch_size()
+    }
+
+    fn format(&self) -> Format {
+        self.config.upstream.format()
     }
 
     /// Connection settings, with TLS settings and credentials read from their files now: a
     /// rotated certificate or password is picked up at the next connection.
     fn settings(&self) -> Result<Settings, SetupError> {
         let up = &self.config.upstream;
-        let url = || up.url.clone();
+        let url = || self.url().to_string();
         let addr =
-            parse_mqtt_url(&up.url).map_err(|source| SetupError::Url { url: url(), source })?;
-        let mut access = Access::prepare(&up.access("upstream"), addr.tls)
+            parse_mqtt_url(self.url()).map_err(|source| SetupError::Url { url: url(), source })?;
+        let keys = match self.role {
+            Role::Events => up.access("upstream"),
+            Role::ControlOnly => up.control_access(self.url()),
+        };
+        let mut access = Access::prepare(&keys, addr.tls)
             .map_err(|source| SetupError::Access { url: url(), source })?;
         Ok(Settings {
             host: addr.host,
@@ -298,6 +333,29 @@ impl Upstream {
                 payload: br#"{"state":"offline"}"#.to_vec(),
             }),
         })
+    }
+
+    /// The broker this connection goes to.
+    fn url(&self) -> &str {
+        match self.role {
+            Role::Events => &self.config.upstream.url,
+            Role::ControlOnly => self.config.control.broker.as_deref().unwrap_or_default(),
+        }
+    }
+
+    /// What a person calls it.
+    fn what(&self) -> String {
+        match self.role {
+            Role::Events => format!("upstream broker {}", self.url()),
+            Role::ControlOnly => format!("control broker {}", self.url()),
+        }
+    }
+
+    /// The upstream task is alive (the control-only connection is not the upstream task).
+    fn beat(&self) {
+        if self.role == Role::Events {
+            self.status.upstream_beat();
+        }
     }
 
     /// Runs until shutdown.
@@ -328,16 +386,25 @@ impl Upstream {
                     // The plane never waits on upstream, so this wait is short.
                     let _ = self.link.heard.send(Heard::Disconnected).await;
                     if why != last_why {
-                        tracing::warn!("{why}; events stay buffered, retrying");
+                        match self.role {
+                            Role::Events => {
+                                tracing::warn!("{why}; events stay buffered, retrying")
+                            }
+                            Role::ControlOnly => tracing::warn!(
+                                "{why}; status, replay requests and pushed configuration wait for it, retrying"
+                            ),
+                        }
                         last_why = why.clone();
                     }
-                    self.status.set_upstream(false, why);
+                    if self.role == Role::Events {
+                        self.status.set_upstream(false, why);
+                    }
                 }
             }
             let until = tokio::time::Instant::now() + backoff.next_delay();
             let mut beat = tokio::time::interval(HEARTBEAT);
             loop {
-                self.status.upstream_beat();
+                self.beat();
                 tokio::select! {
                     // Cancel-safe: sleeping holds no state.
                     _ = tokio::time::sleep_until(until) => break,
@@ -396,7 +463,7 @@ impl Upstream {
             conn.link.keep_alive_every,
         );
         loop {
-            self.status.upstream_beat();
+            self.beat();
             if self.limits.has_changed().unwrap_or(false) {
                 bucket.set_rate(self.limits.borrow_and_update().replay_rate);
             }
@@ -480,13 +547,11 @@ impl Upstream {
     /// oversized retained message, tell the plane.
     async fn connected(&mut self, conn: &mut Conn, backoff: &mut Backoff) -> Result<(), LinkError> {
         backoff.up();
-        tracing::info!(
-            "connected to upstream broker {} ({})",
-            self.config.upstream.url,
-            conn.link.version()
-        );
-        self.status
-            .set_upstream(true, format!("connected to {}", self.config.upstream.url));
+        tracing::info!("connected to {} ({})", self.what(), conn.link.version());
+        if self.role == Role::Events {
+            self.status
+                .set_upstream(true, format!("connected to {}", self.url()));
+        }
         let n = self.oversized.swap(0, std::sync::atomic::Ordering::Relaxed);
         if n > 0 {
             self.clear_oversized(conn, n).await;
@@ -560,6 +625,9 @@ impl Upstream {
         (committed, committed_high): (&mut watch::Receiver<u64>, &mut watch::Receiver<u64>),
         topics: &mut Topics,
     ) -> Result<(), String> {
+        if self.role == Role::ControlOnly {
+            return Ok(());
+        }
         let batch = self.batch();
         topics.refresh();
         while conn.events_in_flight < self.window() && conn.link.queued() < WRITE_CHUNK {
@@ -629,11 +697,11 @@ impl Upstream {
             let topic = topics.topic.as_str();
             if rows.len() == 1 && batch == 1 {
                 let row = &rows[0];
-                let payload = self.payload_of(row, &envs[0]);
+                let payload = encode::event(self.format(), row, &envs[0]);
                 conn.send(topic, &payload, false, Sent::Event(row.seq))?;
             } else {
                 let seqs = rows.iter().map(|r| r.seq).collect();
-                let payload = self.batch_of(&rows, &envs);
+                let payload = encode::array(self.format(), &rows, &envs);
                 conn.send(topic, &payload, false, Sent::Batch(seqs))?;
             }
         }
@@ -687,49 +755,6 @@ impl Upstream {
         Ok(any)
     }
 
-    /// One event's payload in the configured format.
-    fn payload_of<'r>(&self, row: &'r PendingRow, env: &Envelope) -> Cow<'r, [u8]> {
-        match self.config.upstream.format {
-            // As stored: no encoding, no copy.
-            Format::Cbor => Cow::Borrowed(&row.cbor),
-            _ => Cow::Owned(self.encode(env)),
-        }
-    }
-
-    /// An envelope in the configured format.
-    fn encode(&self, env: &Envelope) -> Vec<u8> {
-        match self.config.upstream.format {
-            Format::Cbor => env.to_cbor(),
-            Format::Json => env.to_json(),
-            Format::CloudEvents => edge_protocol::cloudevents::to_json(env),
-        }
-    }
-
-    /// Several events as one message: a CBOR array of the envelopes with `format = "cbor"`,
-    /// else a JSON array of what each would be alone.
-    fn batch_of(&self, rows: &[PendingRow], envs: &[Envelope]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(rows.iter().map(|r| r.cbor.len() + 64).sum());
-        match self.config.upstream.format {
-            Format::Cbor => {
-                cbor_array_header(rows.len(), &mut out);
-                for r in rows {
-                    out.extend_from_slice(&r.cbor);
-                }
-            }
-            _ => {
-                out.push(b'[');
-                for (i, (r, env)) in rows.iter().zip(envs).enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(&self.payload_of(r, env));
-                }
-                out.push(b']');
-            }
-        }
-        out
-    }
-
     /// Hands a message on a control plane topic to the control plane.
     async fn hear(&self, p: rumqttc::v5::mqttbytes::v5::Publish) {
         let Ok(topic) = std::str::from_utf8(&p.topic) else {
@@ -763,16 +788,7 @@ impl Upstream {
     }
 
     fn start_replay(&self, req: ReplayRequest, jobs: &mut VecDeque<ReplayJob>) {
-        tracing::info!(
-            "replaying delivered events observed from {} to {}",
-            crate::time::format_rfc3339_ms(req.since_ms),
-            crate::time::format_rfc3339_ms(req.until_ms)
-        );
-        jobs.push_back(ReplayJob {
-            next_seq: 0,
-            since_ms: req.since_ms,
-            until_ms: req.until_ms,
-        });
+        jobs.push_back(ReplayJob::start(req));
     }
 
     /// Publishes the next events of the oldest replay while the window and the rate allow.
@@ -783,7 +799,7 @@ impl Upstream {
         jobs: &mut VecDeque<ReplayJob>,
         topics: &mut Topics,
     ) -> Result<(), String> {
-        let Some(job) = jobs.front_mut() else {
+        let Some(job) = jobs.front_mut().filter(|_| self.role == Role::Events) else {
             return Ok(());
         };
         let room = self.window().saturating_sub(conn.events_in_flight);
@@ -810,7 +826,7 @@ impl Upstream {
                 continue;
             };
             env.replayed = true;
-            let payload = self.encode(&env);
+            let payload = encode::envelope(self.format(), &env);
             topics.render(&env, false);
             conn.send(&topics.topic, &payload, false, Sent::Replay)?;
         }
@@ -850,44 +866,8 @@ impl Upstream {
     }
 
     fn describe(&self, e: &LinkError) -> String {
-        let what = format!("upstream broker {}", self.config.upstream.url);
+        let what = self.what();
         let filters = format!("the control topics ({})", self.link.topics.join(", "));
         e.explain(&what, "upstream", &filters)
-    }
-}
-
-/// The CBOR head of an array of `n` items.
-fn cbor_array_header(n: usize, out: &mut Vec<u8>) {
-    match n {
-        0..=23 => out.push(0x80 | n as u8),
-        24..=0xff => out.extend_from_slice(&[0x98, n as u8]),
-        0x100..=0xffff => {
-            out.push(0x99);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0x9a);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::cbor_array_header;
-
-    #[test]
-    fn a_cbor_batch_starts_with_the_array_head_rfc_8949_gives() {
-        let head = |n| {
-            let mut out = Vec::new();
-            cbor_array_header(n, &mut out);
-            out
-        };
-        assert_eq!(head(0), [0x80]);
-        assert_eq!(head(23), [0x97]);
-        assert_eq!(head(24), [0x98, 24]);
-        assert_eq!(head(255), [0x98, 0xff]);
-        assert_eq!(head(256), [0x99, 1, 0]);
-        assert_eq!(head(70_000), [0x9a, 0, 1, 0x11, 0x70]);
     }
 }

@@ -1,11 +1,12 @@
 //! The configuration's tests: loading and defaults here; `access`: broker URLs, TLS and
 //! credential files; `entries`: one problem hides no other; `http`: the local HTTP server's
-//! address and token.
+//! address and token; `upstream_http`: an HTTP upstream and its control broker.
 
 mod access;
 mod entries;
 mod http;
 mod routes;
+mod upstream_http;
 
 use std::path::Path;
 use std::time::Duration;
@@ -49,7 +50,8 @@ fn a_minimal_file_gets_the_documented_defaults() {
     assert_eq!(cfg.storage.max_bytes, ByteSize(2 << 30));
     assert_eq!(cfg.storage.on_full, OnFull::DropOldest);
     assert_eq!(cfg.storage.retain_delivered.0, Duration::from_secs(86400));
-    assert_eq!(cfg.upstream.format, Format::Cbor);
+    assert_eq!(cfg.upstream.format(), Format::Cbor);
+    assert_eq!(cfg.upstream.batch_size(), 1);
     assert_eq!(cfg.upstream.max_inflight, 100);
     assert_eq!(cfg.upstream.replay_rate, 2000);
     assert_eq!(cfg.upstream.topic_prefix, "edge");
@@ -110,7 +112,7 @@ on = true
     ];
     let invalid = [
         "site.id: \"DC FRA\" must be",
-        "upstream.url: \"http://central\" is not an MQTT URL",
+        "upstream.url: \"http://central\": http:// would send events unencrypted",
         "upstream.max_inflight: 0 would never send",
         "stations[1].id: \"pack-01\" is used twice",
         "sources.serial[0].station: \"pack-09\" is not a station",

@@ -83,8 +83,13 @@ fn registry(doc: &Value, board: &StatusBoard) -> Registry {
     };
     r.register(
         "edge_agent_delivered",
-        "Events acknowledged by upstream (PUBACK) since start",
+        "Events acknowledged by upstream (PUBACK, or an HTTP 2xx/409) since start",
         counter(&doc["upstream"]["delivered"]),
+    );
+    r.register(
+        "edge_agent_rejected",
+        "Events central refused since start (an HTTP 4xx for the event alone): set aside, kept in the buffer file",
+        counter(&doc["upstream"]["rejected"]),
     );
     r.register(
         "edge_agent_dropped",
@@ -174,6 +179,7 @@ mod tests {
             "edge_agent_readings_total{source=\"metrics-test-scanner\",kind=\"exception\"} 1",
             "edge_agent_exceptions_total{source=\"metrics-test-scanner\",reason=\"no_read\"} 1",
             "edge_agent_delivered_total 0",
+            "edge_agent_rejected_total 0",
             "edge_agent_dropped_total 2",
             "edge_agent_backlog_events 7",
             "edge_agent_upstream_up 0",
