@@ -78,6 +78,15 @@ impl Client {
         }
     }
 
+    /// Opens a connection unless one is open: with nothing to send, this tells whether the
+    /// endpoint can be reached (TCP, TLS and the certificates), for status and health.
+    pub async fn reach(&mut self) -> Result<(), String> {
+        if self.conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
+            self.conn = Some(self.connect().await?);
+        }
+        Ok(())
+    }
+
     async fn try_send(&mut self, post: &Post) -> Result<Answer, Failure> {
         if self.conn.as_ref().is_none_or(|c| c.sender.is_closed()) {
             self.conn = Some(self.connect().await.map_err(Failure::Connect)?);

@@ -135,6 +135,10 @@ impl HttpUpstream {
         let mut cursors = Cursors::default();
         let mut committed = self.writer.committed();
         let mut beat = tokio::time::interval(HEARTBEAT);
+        // With nothing to send, whether the endpoint can be reached is looked at this often
+        // (at once first), so that status and /healthz tell the truth on a quiet night too.
+        let mut probe = tokio::time::interval(self.config.upstream.keep_alive.0);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut up: Option<bool> = None;
         let mut last_why = String::new();
         loop {
@@ -164,6 +168,31 @@ impl HttpUpstream {
                             _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() => {}
                             // Cancel-safe: interval ticks are not lost.
                             _ = beat.tick() => {}
+                            // Cancel-safe: an interval tick that loses the race is taken next time.
+                            _ = probe.tick() => {
+                                let reached = tokio::select! {
+                                    r = client.reach() => r,
+                                    _ = self.shutdown.cancelled() => return,
+                                };
+                                match reached {
+                                    Ok(()) if up != Some(true) => {
+                                        tracing::info!("upstream {}: reachable", self.url());
+                                        self.status.set_upstream(true, format!("connected to {}, nothing to send", self.url()));
+                                        up = Some(true);
+                                        last_why.clear();
+                                    }
+                                    Ok(()) => {}
+                                    Err(why) => {
+                                        let why = format!("upstream {}: {why}", self.url());
+                                        if why != last_why {
+                                            tracing::warn!("{why}; looking again in {}", humantime::format_duration(self.config.upstream.keep_alive.0));
+                                            last_why = why.clone();
+                                        }
+                                        self.status.set_upstream(false, why);
+                                        up = Some(false);
+                                    }
+                                }
+                            }
                         }
                     }
                     Err(why) => {
