@@ -14,6 +14,7 @@
 //!   `cleansession false`, `topic bench/scan out 1`, `max_queued_messages 1000000`) → central.
 //! - agent: device → site mosquitto → edge-agent (`sources.mqtt`, decoder barcode, format json,
 //!   `max_inflight` 200, `replay_rate` 1000000) → central.
+//! - every broker: `max_inflight_messages 200` (see `INFLIGHT`).
 //!
 //! The device is `mosquitto_pub -q 1 -l` (one GS1 SSCC barcode per line), central's consumer
 //! `mosquitto_sub -q 1 -c` (a persistent session). Two phases per round, each with a fresh
@@ -541,12 +542,17 @@ socket = "{{dir}}/control.sock"
     )
 }
 
+/// Every broker of both sides takes and sends 200 QoS 1 messages unacknowledged (the test
+/// brokers' 20 would cap the bridge at 20 in flight to central, and the agent at 18: it keeps
+/// below central's Receive Maximum), as `max_inflight` 200 does for the agent.
+const INFLIGHT: &str = "max_inflight_messages 200\n";
+
 /// The site broker of the bridge side: a bridge to central, everything queued while it is away.
 /// `restart_timeout 1 1`: it tries central again about every 2 s (mosquitto 2.0.11 with a single
 /// value, or its default backoff, waits 7-30 s).
 fn bridge_config(central: u16, round: usize) -> String {
     format!(
-        "sys_interval 1\n\
+        "{INFLIGHT}sys_interval 1\n\
          connection central\n\
          address 127.0.0.1:{central}\n\
          clientid site-bridge-{round}\n\
@@ -564,10 +570,10 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
     let live_file = readings_file(dir.path(), n, live_tag)?;
     let backlog_file = readings_file(dir.path(), n, backlog_tag)?;
 
-    let mut central = Broker::start().context("starting central's mosquitto")?;
+    let mut central = Broker::start_with(INFLIGHT).context("starting central's mosquitto")?;
     let site = match side {
         Side::Bridge => Broker::start_with(&bridge_config(central.port, round)),
-        Side::Agent => Broker::start(),
+        Side::Agent => Broker::start_with(INFLIGHT),
     }
     .context("starting the site's mosquitto")?;
     let mut agent = match side {

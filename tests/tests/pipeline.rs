@@ -312,6 +312,13 @@ fn upstream_down_at_start_then_everything_stored_is_delivered() -> Result<()> {
     wait_for("the backlog to empty", DEADLINE, || {
         (agent.status().ok()?["backlog"] == 0).then_some(())
     })?;
+    // The test broker's max_inflight_messages 20 is its MQTT 5 Receive Maximum: upstream
+    // (max_inflight 100 by default) keeps below it.
+    ensure!(
+        agent.log().contains("takes at most 20 unacknowledged messages (its Receive Maximum), fewer than upstream.max_inflight 100: 18 events at a time"),
+        "the broker's Receive Maximum is not taken into account:\n{}",
+        agent.log()
+    );
     Ok(())
 }
 

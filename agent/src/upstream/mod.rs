@@ -156,6 +156,8 @@ struct Conn {
     inflight: HashMap<u16, Sent>,
     /// Messages carrying events in `inflight` (the window counts these).
     events_in_flight: usize,
+    /// The broker's Receive Maximum: messages it takes unacknowledged at most.
+    broker_window: usize,
     /// The last packet id given out.
     last_pkid: u16,
     /// Pending normal-priority rows read ahead of the window, oldest first.
@@ -284,9 +286,11 @@ impl Upstream {
         )
     }
 
-    /// The upstream window now: `max_inflight` messages.
-    fn window(&self) -> usize {
-        usize::from(self.limits.borrow().max_inflight)
+    /// The upstream window now: `max_inflight` messages, and fewer than the broker's Receive
+    /// Maximum (MQTT 5: a broker may disconnect a client that sends more), which keeps room
+    /// for the control plane's few messages (status, config/status).
+    fn window(&self, conn: &Conn) -> usize {
+        event_window(self.limits.borrow().max_inflight, conn.broker_window)
     }
 
     fn batch(&self) -> usize {
@@ -429,12 +433,26 @@ impl Upstream {
             r = Link::open(settings, version) => r,
             _ = self.shutdown.cancelled() => return Ended::Shutdown,
         };
-        let link = match opened {
-            Ok((link, _ack)) => link,
+        let (link, ack) = match opened {
+            Ok(opened) => opened,
             Err(e) => return Ended::Dropped(self.describe(&e)),
         };
+        let broker_window = ack
+            .properties
+            .as_ref()
+            .and_then(|p| p.receive_max)
+            .map_or(usize::from(u16::MAX), usize::from);
+        let max_inflight = self.limits.borrow().max_inflight;
+        let window = event_window(max_inflight, broker_window);
+        if self.role == Role::Events && window < usize::from(max_inflight) {
+            tracing::info!(
+                "{} takes at most {broker_window} unacknowledged messages (its Receive Maximum), fewer than upstream.max_inflight {max_inflight}: {window} events at a time, the rest for status",
+                self.what(),
+            );
+        }
         let mut conn = Conn {
             link,
+            broker_window,
             inflight: HashMap::new(),
             events_in_flight: 0,
             // 1 and 2 are the link's SUBSCRIBE and UNSUBSCRIBE ids (one id space per direction).
@@ -630,7 +648,7 @@ impl Upstream {
         }
         let batch = self.batch();
         topics.refresh();
-        while conn.events_in_flight < self.window() && conn.link.queued() < WRITE_CHUNK {
+        while conn.events_in_flight < self.window(conn) && conn.link.queued() < WRITE_CHUNK {
             if committed_high.has_changed().unwrap_or(false) {
                 conn.caught_up_high = false;
             }
@@ -802,7 +820,7 @@ impl Upstream {
         let Some(job) = jobs.front_mut().filter(|_| self.role == Role::Events) else {
             return Ok(());
         };
-        let room = self.window().saturating_sub(conn.events_in_flight);
+        let room = self.window(conn).saturating_sub(conn.events_in_flight);
         let allowed = bucket.take(room);
         if allowed == 0 {
             return Ok(());
@@ -869,5 +887,30 @@ impl Upstream {
         let what = self.what();
         let filters = format!("the control topics ({})", self.link.topics.join(", "));
         e.explain(&what, "upstream", &filters)
+    }
+}
+
+/// Event messages unacknowledged at most: `max_inflight`, and two fewer than the broker's
+/// Receive Maximum, which keeps room for the control plane's few messages (status,
+/// config/status): a broker may disconnect a client that sends more than its maximum.
+fn event_window(max_inflight: u16, broker_window: usize) -> usize {
+    const CONTROL_ROOM: usize = 2;
+    usize::from(max_inflight).min(broker_window.saturating_sub(CONTROL_ROOM).max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_window;
+
+    #[test]
+    fn the_window_stays_below_the_brokers_receive_maximum_with_room_for_status() {
+        // No Receive Maximum in the CONNACK: 65,535.
+        assert_eq!(event_window(200, 65_535), 200);
+        // mosquitto's default max_inflight_messages 20.
+        assert_eq!(event_window(200, 20), 18);
+        assert_eq!(event_window(10, 20), 10);
+        // A broker taking one or two at a time still gets events.
+        assert_eq!(event_window(200, 2), 1);
+        assert_eq!(event_window(200, 1), 1);
     }
 }
