@@ -86,6 +86,11 @@ enum Settle {
 /// An unreadable row's bytes carried by its exception, at most.
 const SET_ASIDE_RAW: usize = 4096;
 
+/// An acknowledgement-only group waits this long for readings to share its commit.
+const ACK_LINGER: Duration = Duration::from_millis(2);
+/// ... unless it settles this many events already.
+const ACK_LINGER_MAX: usize = 4096;
+
 /// How often the writer is ticked.
 const TICK: Duration = Duration::from_secs(5);
 /// While the buffer keeps dropping, central hears about it at least this often.
@@ -360,6 +365,39 @@ struct Writer {
     set_aside_asked: std::collections::HashSet<u64>,
 }
 
+/// Adds to `group` what is queued now: commands up to `max_group`, and every settlement.
+fn gather(
+    group: &mut Vec<Command>,
+    rx: &mut mpsc::Receiver<Command>,
+    acks: &mut mpsc::UnboundedReceiver<Settle>,
+    max_group: usize,
+) {
+    while group.len() < max_group {
+        match rx.try_recv() {
+            Ok(c) => group.push(c),
+            Err(_) => break,
+        }
+    }
+    while let Ok(s) = acks.try_recv() {
+        group.push(Command::Settle(s));
+    }
+}
+
+/// The events a group acknowledges or forgets, if that is all it does; `usize::MAX` if it
+/// does anything else (stores a reading, sets aside, answers a ping, ticks).
+fn settles_only(group: &[Command]) -> usize {
+    let mut n = 0;
+    for cmd in group {
+        match cmd {
+            Command::Wake => {}
+            Command::Settle(Settle::Acked(seqs)) => n += seqs.len(),
+            Command::Settle(Settle::Forget(f)) => n += f.len(),
+            _ => return usize::MAX,
+        }
+    }
+    n
+}
+
 impl Writer {
     fn run(
         mut self,
@@ -370,14 +408,13 @@ impl Writer {
         let mut group = Vec::with_capacity(max_group);
         while let Some(first) = rx.blocking_recv() {
             group.push(first);
-            while group.len() < max_group {
-                match rx.try_recv() {
-                    Ok(c) => group.push(c),
-                    Err(_) => break,
-                }
-            }
-            while let Ok(s) = acks.try_recv() {
-                group.push(Command::Settle(s));
+            gather(&mut group, &mut rx, &mut acks, max_group);
+            if settles_only(&group) < ACK_LINGER_MAX {
+                // Only acknowledgements (and receipts to forget): they need no hurry (one lost
+                // in a crash means a resend), and readings that arrive meanwhile share the
+                // commit, so one fsync serves both.
+                std::thread::sleep(ACK_LINGER);
+                gather(&mut group, &mut rx, &mut acks, max_group);
             }
             self.commit_group(&mut group);
             group.clear();
