@@ -270,6 +270,9 @@ pub struct Link {
     /// Packets encoded and not yet written.
     output: BytesMut,
     max_packet: u32,
+    /// The largest packet the broker takes (MQTT 5 CONNACK Maximum Packet Size); None: no limit
+    /// but MQTT's own.
+    peer_max_packet: Option<u32>,
     /// How often we must send something; the broker may set it in CONNACK.
     pub keep_alive_every: Duration,
     /// When each PINGREQ still waiting for its PINGRESP was sent, oldest first.
@@ -359,6 +362,7 @@ impl Link {
             input: BytesMut::with_capacity(16 * 1024),
             output: BytesMut::with_capacity(4 * 1024),
             max_packet: s.max_packet,
+            peer_max_packet: None,
             keep_alive_every: s.keep_alive,
             pings: VecDeque::new(),
             subscribing: None,
@@ -502,6 +506,7 @@ impl Link {
         }
         // A broker may ask for a keep-alive of its own; 0 (none) leaves ours, which
         // the PINGREQs of the flow control need anyway.
+        self.peer_max_packet = ack.properties.as_ref().and_then(|p| p.max_packet_size);
         if let Some(k) = ack.properties.as_ref().and_then(|p| p.server_keep_alive) {
             if k > 0 {
                 self.keep_alive_every = Duration::from_secs(u64::from(k));
@@ -733,6 +738,29 @@ impl Link {
 
     /// Queues a QoS 1 PUBLISH with packet id `pkid` ([`Link::flush`] writes it), encoded
     /// straight into the output buffer. The topic must be a valid topic name (no wildcards).
+    /// The size of the PUBLISH packet [`Link::publish`] would write.
+    pub fn publish_size(&self, topic: &str, payload: &[u8]) -> usize {
+        let remaining = self.publish_remaining(topic, payload);
+        let head = match remaining {
+            0..=127 => 2,
+            128..=16_383 => 3,
+            16_384..=2_097_151 => 4,
+            _ => 5,
+        };
+        head + remaining
+    }
+
+    /// The largest packet the broker takes: its Maximum Packet Size, else MQTT's limit.
+    pub fn peer_max_packet(&self) -> usize {
+        self.peer_max_packet.map_or(268_435_460, |n| n as usize)
+    }
+
+    /// Topic (length-prefixed), packet id, in MQTT 5 an empty property list, payload.
+    fn publish_remaining(&self, topic: &str, payload: &[u8]) -> usize {
+        let props = usize::from(self.version == Version::V5);
+        2 + topic.len() + 2 + props + payload.len()
+    }
+
     pub fn publish(
         &mut self,
         topic: &str,
@@ -746,15 +774,16 @@ impl Link {
                 topic.len()
             )));
         }
-        // Topic (length-prefixed), packet id, in MQTT 5 an empty property list, payload.
-        let props = usize::from(self.version == Version::V5);
-        let remaining = 2 + topic.len() + 2 + props + payload.len();
-        if remaining > 268_435_455 {
+        let remaining = self.publish_remaining(topic, payload);
+        if remaining > 268_435_455 || self.publish_size(topic, payload) > self.peer_max_packet() {
+            // Never sent: a broker disconnects a client whose packet exceeds its maximum.
             return Err(LinkError::Protocol(format!(
-                "message of {} bytes is larger than MQTT allows",
-                payload.len()
+                "a message of {} bytes on {topic} is larger than the broker takes ({} bytes)",
+                payload.len(),
+                self.peer_max_packet().min(268_435_460)
             )));
         }
+        let props = usize::from(self.version == Version::V5);
         self.output.reserve(remaining + 5);
         self.output.extend_from_slice(&[0x32 | u8::from(retain)]);
         let mut n = remaining;

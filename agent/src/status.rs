@@ -38,7 +38,8 @@ pub struct UpstreamStatus {
     pub detail: String,
     /// Events acknowledged by upstream since start.
     pub delivered: u64,
-    /// Events central refused since start (an HTTP upstream's 4xx): set aside.
+    /// Events central refused since start (an HTTP upstream's 4xx, or larger than the MQTT
+    /// broker's Maximum Packet Size): set aside.
     pub rejected: u64,
 }
 

@@ -272,6 +272,75 @@ fn with_upstream_batch_a_backlog_goes_out_in_arrays_of_at_most_that_many_in_orde
 }
 
 #[test]
+fn a_batch_above_the_brokers_maximum_packet_size_is_halved_and_an_event_too_large_alone_set_aside(
+) -> Result<()> {
+    // mosquitto announces max_packet_size as its MQTT 5 Maximum Packet Size and drops a
+    // client that sends a larger packet.
+    let central = Broker::start_with("max_packet_size 1000\n")?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    let mut pty = Pty::open()?;
+    let text = config(&central, &serial_source("scanner-pack-01", &pty, "pack-01"))
+        .replace("format = \"json\"\n", "format = \"json\"\nbatch = 50\n");
+    let agent = Agent::start(&text)?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    wait_for("upstream connected", DEADLINE, || {
+        (agent.status().ok()?["upstream"]["connected"] == true).then_some(())
+    })?;
+    // 40 scans and, in the middle, a line of 1,500 bytes: an exception whose raw bytes alone
+    // are larger than the broker takes.
+    let mut burst = Vec::new();
+    for i in 0..40 {
+        if i == 20 {
+            burst.extend_from_slice(&[b'x'; 1500]);
+            burst.extend_from_slice(b"\r\n");
+        }
+        burst.extend_from_slice(format!("LPN{i:06}\r\n").as_bytes());
+    }
+    pty.write(&burst)?;
+    let status = wait_for("the backlog to empty", Duration::from_secs(60), || {
+        let s = agent.status().ok()?;
+        (s["backlog"] == 0 && s["storage"]["stored"] == 41).then_some(s)
+    })?;
+    ensure!(status["upstream"]["rejected"] == 1, "{status}");
+    ensure!(status["storage"]["set_aside"] == 1, "{status}");
+    let codes: Vec<String> = wait_for("40 scans upstream", DEADLINE, || {
+        let mut codes = Vec::new();
+        for m in sink.all() {
+            for e in m.json().as_array().cloned().unwrap_or_default() {
+                if e["kind"] == "shipment.scan" {
+                    codes.push(e["body"]["code"].as_str().unwrap_or("").to_string());
+                }
+            }
+        }
+        (codes.len() >= 40).then_some(codes)
+    })?;
+    let want: Vec<String> = (0..40).map(|i| format!("LPN{i:06}")).collect();
+    ensure!(
+        codes == want,
+        "scans out of order, twice or missing: {codes:?}"
+    );
+    for m in sink.all() {
+        ensure!(
+            m.payload.len() < 1000,
+            "a message of {} bytes on {}",
+            m.payload.len(),
+            m.topic
+        );
+    }
+    let log = agent.log();
+    ensure!(
+        log.contains("more than upstream broker")
+            && log.contains("its Maximum Packet Size, 1000 bytes"),
+        "the set-aside event is logged with the limit:\n{log}"
+    );
+    ensure!(
+        log.matches("connected to upstream broker").count() == 1,
+        "upstream reconnected (a packet too large was sent?):\n{log}"
+    );
+    Ok(())
+}
+
+#[test]
 fn upstream_down_at_start_then_everything_stored_is_delivered() -> Result<()> {
     let mut central = Broker::start()?;
     let sink = Collector::subscribe(central.port, "edge/+/events/#")?;

@@ -31,6 +31,7 @@ pub mod http;
 mod rate;
 pub mod routes;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -713,14 +714,50 @@ impl Upstream {
                 continue;
             }
             let topic = topics.topic.as_str();
-            if rows.len() == 1 && batch == 1 {
-                let row = &rows[0];
-                let payload = encode::event(self.format(), row, &envs[0]);
-                conn.send(topic, &payload, false, Sent::Event(row.seq))?;
-            } else {
-                let seqs = rows.iter().map(|r| r.seq).collect();
-                let payload = encode::array(self.format(), &rows, &envs);
-                conn.send(topic, &payload, false, Sent::Batch(seqs))?;
+            // A message larger than the broker takes is never sent (the broker would drop the
+            // connection, again at every retry): a batch goes in halves, the rest back to the
+            // front, and an event too large alone is set aside.
+            loop {
+                let single = rows.len() == 1 && batch == 1;
+                let payload = if single {
+                    encode::event(self.format(), &rows[0], &envs[0])
+                } else {
+                    Cow::Owned(encode::array(self.format(), &rows, &envs))
+                };
+                let max = conn.link.peer_max_packet();
+                if conn.link.publish_size(topic, &payload) <= max {
+                    let what = if single {
+                        Sent::Event(rows[0].seq)
+                    } else {
+                        Sent::Batch(rows.iter().map(|r| r.seq).collect())
+                    };
+                    conn.send(topic, &payload, false, what)?;
+                    break;
+                }
+                if rows.len() > 1 {
+                    let keep = rows.len() / 2;
+                    let ahead = if high {
+                        &mut conn.ahead_high
+                    } else {
+                        &mut conn.ahead
+                    };
+                    bucket.give_back(rows.len() - keep);
+                    for row in rows.drain(keep..).rev() {
+                        ahead.push_front(row);
+                    }
+                    envs.truncate(keep);
+                    continue;
+                }
+                let why = format!(
+                    "{} bytes as one message on {topic}, more than {} takes (its Maximum Packet Size, {max} bytes)",
+                    payload.len(),
+                    self.what()
+                );
+                self.status.add_rejected();
+                self.writer
+                    .refused(rows[0].seq, why)
+                    .map_err(|e| e.to_string())?;
+                break;
             }
         }
         Ok(())
@@ -846,6 +883,14 @@ impl Upstream {
             env.replayed = true;
             let payload = encode::envelope(self.format(), &env);
             topics.render(&env, false);
+            if conn.link.publish_size(&topics.topic, &payload) > conn.link.peer_max_packet() {
+                tracing::warn!(
+                    "replay: buffer row {} is larger than {} takes; skipped",
+                    row.seq,
+                    self.what()
+                );
+                continue;
+            }
             conn.send(&topics.topic, &payload, false, Sent::Replay)?;
         }
         match next {
