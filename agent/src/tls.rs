@@ -713,22 +713,27 @@ fn find_rustls<'a>(mut e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Er
 /// A person's reading of a connection failure that happened in TLS, naming the key to check;
 /// None if TLS was not the cause. `key` is `upstream` or `sources.mqtt[N]`.
 pub fn explain(e: &(dyn StdError + 'static), key: &str) -> Option<String> {
+    explain_for(e, key, "broker")
+}
+
+/// [`explain`] for a server that is not a broker (`peer`: "endpoint").
+pub fn explain_for(e: &(dyn StdError + 'static), key: &str, peer: &str) -> Option<String> {
     let r = find_rustls(e)?;
     let hint = match r {
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!("the broker's certificate does not name the host in {key}.url; connect by a name it carries or reissue it")
+                format!("the {peer}'s certificate does not name the host in {key}.url; connect by a name it carries or reissue it")
             }
             CertificateError::Expired
             | CertificateError::ExpiredContext { .. }
             | CertificateError::NotValidYet
             | CertificateError::NotValidYetContext { .. } => {
-                "check the broker's certificate dates and this gateway's clock".to_string()
+                format!("check the {peer}'s certificate dates and this gateway's clock")
             }
             _ => format!("check {key}.ca_file"),
         },
         rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => format!(
-            "the broker requires a client certificate; set {key}.cert_file and {key}.key_file"
+            "the {peer} requires a client certificate; set {key}.cert_file and {key}.key_file"
         ),
         rustls::Error::AlertReceived(
             AlertDescription::BadCertificate
@@ -739,12 +744,12 @@ pub fn explain(e: &(dyn StdError + 'static), key: &str) -> Option<String> {
             | AlertDescription::CertificateRevoked
             | AlertDescription::AccessDenied,
         ) => format!(
-            "the broker did not accept the client certificate; check {key}.cert_file and {key}.key_file"
+            "the {peer} did not accept the client certificate; check {key}.cert_file and {key}.key_file"
         ),
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => {
-            format!("the broker did not answer in TLS; is the port in {key}.url a TLS listener?")
+            format!("the {peer} did not answer in TLS; is the port in {key}.url a TLS listener?")
         }
-        _ => format!("check {key}.ca_file, {key}.cert_file and the broker's TLS settings"),
+        _ => format!("check {key}.ca_file, {key}.cert_file and the {peer}'s TLS settings"),
     };
     Some(format!("TLS: {r}; {hint}"))
 }

@@ -191,10 +191,12 @@ impl Client {
                     .map_err(|_| {
                         format!("TLS handshake with {at}: no answer within {NETWORK_TIMEOUT:?}")
                     })?
-                    .map_err(|e| match crate::tls::explain(&e, "upstream") {
-                        Some(hint) => format!("TLS handshake with {at}: {e}; {hint}"),
-                        None => format!("TLS handshake with {at}: {e}"),
-                    })?;
+                    .map_err(
+                        |e| match crate::tls::explain_for(&e, "upstream", "endpoint") {
+                            Some(reading) => format!("{at}: {reading}"),
+                            None => format!("TLS handshake with {at}: {e}"),
+                        },
+                    )?;
                 Box::new(stream)
             }
         };
