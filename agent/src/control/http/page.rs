@@ -142,9 +142,15 @@ fn cards(out: &mut String, doc: &Value) {
             "NOT CONNECTED"
         },
         &format!(
-            "{}; {} events delivered since start",
+            "{}; {} events delivered since start{}",
             up["detail"].as_str().unwrap_or(""),
-            up["delivered"].as_u64().unwrap_or(0)
+            up["delivered"].as_u64().unwrap_or(0),
+            match up["rejected"].as_u64() {
+                Some(n) if n > 0 => format!(
+                    "; {n} refused by central, set aside (edge-agent inspect lists them and why)"
+                ),
+                _ => String::new(),
+            }
         ),
     );
     let backlog = doc["backlog"].as_u64().unwrap_or(0);
