@@ -65,17 +65,22 @@ impl Client {
     }
 
     /// Sends `post` and reads the answer. An error is a network failure, in words for a
-    /// person (the batch is sent again later). A connection the endpoint closed while idle is
-    /// replaced once at once, without counting as a failure.
-    pub async fn send(&mut self, post: &Post) -> Result<Answer, String> {
+    /// person (the batch is sent again later), and whether the request may have reached the
+    /// endpoint (it was written, and no answer came). A connection the endpoint closed while
+    /// idle is replaced once at once, without counting as a failure.
+    pub async fn send(&mut self, post: &Post) -> Result<Answer, Unanswered> {
         let reused = self.conn.as_ref().is_some_and(|c| c.used);
-        match self.try_send(post).await {
+        let r = match self.try_send(post).await {
             Err(Failure::BeforeAnswer(_)) if reused => {
                 self.conn = None;
-                self.try_send(post).await.map_err(Failure::into_text)
+                self.try_send(post).await
             }
-            r => r.map_err(Failure::into_text),
-        }
+            r => r,
+        };
+        r.map_err(|f| Unanswered {
+            may_have_arrived: !matches!(f, Failure::Connect(_)),
+            why: f.into_text(),
+        })
     }
 
     /// Opens a connection unless one is open: with nothing to send, this tells whether the
@@ -213,6 +218,14 @@ impl Client {
             used: false,
         })
     }
+}
+
+/// A request without an answer.
+#[derive(Debug)]
+pub struct Unanswered {
+    pub why: String,
+    /// It was written (or partly): the endpoint may have taken it.
+    pub may_have_arrived: bool,
 }
 
 enum Failure {

@@ -65,6 +65,18 @@ struct Batch {
     items: Vec<Item>,
     /// Sent again by a replay (delivered already: nothing to acknowledge or set aside).
     replay: bool,
+    /// The pending table it was read from; None: a replay.
+    priority: Option<Priority>,
+    /// Events pending after it may join it before the next attempt, up to `upstream.batch`:
+    /// a batch as read (not a half of a refused one) that no endpoint can have taken yet
+    /// (never sent, or refused without being read: no connection, 408, 425, 429, 503, or an
+    /// answer about credentials or the path). Otherwise it is sent again exactly as it was,
+    /// with the same Idempotency-Key. So after an outage the first batch is the oldest
+    /// `upstream.batch` events, whatever was pending when the outage began, and a restart
+    /// reads the same batch again.
+    may_grow: bool,
+    /// Events of it the rate (`replay_rate`) has allowed already.
+    paid: usize,
 }
 
 impl Batch {
@@ -84,14 +96,16 @@ impl Batch {
     /// The halves of a refused batch, left first.
     fn split(mut self) -> (Batch, Batch) {
         let right = self.items.split_off(self.items.len() / 2);
-        let replay = self.replay;
-        (
-            self,
-            Batch {
-                items: right,
-                replay,
-            },
-        )
+        self.may_grow = false;
+        self.paid = self.items.len();
+        let right = Batch {
+            paid: right.len(),
+            items: right,
+            replay: self.replay,
+            priority: self.priority,
+            may_grow: false,
+        };
+        (self, right)
     }
 }
 
@@ -151,12 +165,11 @@ impl HttpUpstream {
             }
             if queue.is_empty() {
                 match self
-                    .next_batch(&mut cursors, &mut committed, &mut bucket, &mut jobs)
+                    .next_batch(&mut cursors, &mut committed, &mut jobs)
                     .await
                 {
                     Ok(Some(batch)) => queue.push_back(batch),
                     Ok(None) => {
-                        let wait_tokens = bucket.wait();
                         tokio::select! {
                             // Cancel-safe: a cancelled token stays cancelled.
                             _ = self.shutdown.cancelled() => return,
@@ -164,8 +177,6 @@ impl HttpUpstream {
                             r = committed.changed() => if r.is_err() { return },
                             // Cancel-safe: mpsc::Receiver::recv loses nothing when dropped.
                             Some(req) = self.replays.recv() => jobs.push_back(ReplayJob::start(req)),
-                            // Cancel-safe: sleeping holds no state.
-                            _ = tokio::time::sleep_until(wait_tokens.unwrap_or_else(tokio::time::Instant::now)), if wait_tokens.is_some() => {}
                             // Cancel-safe: interval ticks are not lost.
                             _ = beat.tick() => {}
                             // Cancel-safe: an interval tick that loses the race is taken next time.
@@ -202,7 +213,15 @@ impl HttpUpstream {
                 }
                 continue;
             }
-            let Some(batch) = queue.front() else { continue };
+            let Some(batch) = queue.front_mut() else {
+                continue;
+            };
+            if let Err(why) = self.top_up(batch, &mut cursors).await {
+                tracing::warn!("upstream {}: {why}", self.url());
+            }
+            if !self.pay(batch, &mut bucket, &mut beat).await {
+                return;
+            }
             let post = batch.post(self.content_type());
             let send = client.send(&post);
             tokio::pin!(send);
@@ -217,14 +236,24 @@ impl HttpUpstream {
                     }
                 }
             };
-            let verdict = match sent {
-                Ok(a) => answer::judge(
-                    a.status,
-                    a.retry_after.as_deref(),
-                    &a.body,
-                    SystemTime::now(),
+            // Whether the endpoint can have taken the batch (see `Batch::may_grow`).
+            let (verdict, untaken) = match sent {
+                Ok(a) => (
+                    answer::judge(
+                        a.status,
+                        a.retry_after.as_deref(),
+                        &a.body,
+                        SystemTime::now(),
+                    ),
+                    !matches!(a.status, 500..=502 | 504..=599),
                 ),
-                Err(why) => Verdict::Retry { why, after: None },
+                Err(u) => (
+                    Verdict::Retry {
+                        why: u.why,
+                        after: None,
+                    },
+                    !u.may_have_arrived,
+                ),
             };
             match verdict {
                 Verdict::Delivered => {
@@ -248,6 +277,9 @@ impl HttpUpstream {
                     }
                 }
                 Verdict::Retry { why, after } => {
+                    if let Some(batch) = queue.front_mut() {
+                        batch.may_grow &= untaken;
+                    }
                     let delay = backoff.next_delay().max(after.unwrap_or_default());
                     let why = match after {
                         Some(a) => format!(
@@ -316,18 +348,14 @@ impl HttpUpstream {
     }
 
     /// The next batch: pending high-priority events, else normal ones, else the next part of
-    /// the oldest replay; None when there is nothing to send (or the rate allows nothing now).
+    /// the oldest replay; None when there is nothing to send.
     async fn next_batch(
         &self,
         cursors: &mut Cursors,
         committed: &mut watch::Receiver<u64>,
-        bucket: &mut TokenBucket,
         jobs: &mut VecDeque<ReplayJob>,
     ) -> Result<Option<Batch>, String> {
-        let allowed = bucket.take(self.config.upstream.batch_size());
-        if allowed == 0 {
-            return Ok(None);
-        }
+        let allowed = self.config.upstream.batch_size();
         // Mark the committed seq seen before reading: a commit after this read wakes us. (The
         // writer moves the high-priority mark before this one.)
         committed.borrow_and_update();
@@ -345,16 +373,17 @@ impl HttpUpstream {
                     // Every row read was unreadable (set aside): read on.
                     continue 'read;
                 }
-                bucket.give_back(allowed - items.len());
                 return Ok(Some(Batch {
                     items,
                     replay: false,
+                    priority: Some(priority),
+                    may_grow: true,
+                    paid: 0,
                 }));
             }
             break;
         }
         let Some(job) = jobs.front_mut() else {
-            bucket.give_back(allowed);
             return Ok(None);
         };
         let store = self.store.clone();
@@ -373,11 +402,62 @@ impl HttpUpstream {
             }
         }
         let items = self.items(rows, true)?;
-        bucket.give_back(allowed - items.len());
         Ok((!items.is_empty()).then_some(Batch {
             items,
             replay: true,
+            priority: None,
+            may_grow: false,
+            paid: 0,
         }))
+    }
+
+    /// Adds to a batch that may grow the events pending after it, up to `upstream.batch`.
+    async fn top_up(&self, batch: &mut Batch, cursors: &mut Cursors) -> Result<(), String> {
+        let want = self.config.upstream.batch_size();
+        let Some(priority) = batch.priority.filter(|_| batch.may_grow) else {
+            return Ok(());
+        };
+        if batch.items.len() >= want {
+            return Ok(());
+        }
+        // Nothing else was read meanwhile: the cursor is where this batch ends.
+        let cursor = match priority {
+            Priority::High => &mut cursors.high,
+            Priority::Normal => &mut cursors.normal,
+        };
+        let rows = self
+            .read(priority, *cursor, want - batch.items.len())
+            .await?;
+        if let Some(last) = rows.last() {
+            *cursor = last.seq;
+        }
+        batch.items.extend(self.items(rows, false)?);
+        Ok(())
+    }
+
+    /// Waits until the rate (`replay_rate`) allows every event of the batch not yet allowed;
+    /// false at shutdown.
+    async fn pay(
+        &self,
+        batch: &mut Batch,
+        bucket: &mut TokenBucket,
+        beat: &mut tokio::time::Interval,
+    ) -> bool {
+        loop {
+            batch.paid += bucket.take(batch.items.len().saturating_sub(batch.paid));
+            if batch.paid >= batch.items.len() {
+                return true;
+            }
+            let Some(at) = bucket.wait() else { continue };
+            self.status.upstream_beat();
+            tokio::select! {
+                // Cancel-safe: sleeping holds no state.
+                _ = tokio::time::sleep_until(at) => {}
+                // Cancel-safe: interval ticks are not lost.
+                _ = beat.tick() => {}
+                _ = self.shutdown.cancelled() => return false,
+            }
+        }
     }
 
     async fn read(

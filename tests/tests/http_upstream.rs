@@ -1,0 +1,812 @@
+//! The HTTP upstream end to end: the built binary POSTing to a real HTTP server process on
+//! loopback (`tests/http-endpoint/endpoint.py`, Python's standard library: plain or TLS, with a
+//! client certificate required or not), readings from a serial pty, a real redb file. The
+//! endpoint logs every request (headers, body, answer, time) and answers as a script file
+//! says; each test rewrites that script.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use edge_tests::{
+    check_event_message, free_port, run_cli, wait_for, Agent, Broker, Collector, Pty, DEADLINE,
+};
+use serde_json::{json, Value};
+
+/// The test endpoint: one Python process, its request log and its script.
+struct Endpoint {
+    dir: tempfile::TempDir,
+    port: u16,
+    tls: Option<Tls>,
+    child: Option<Child>,
+}
+
+/// The endpoint's certificate and, for mutual TLS, the CA its clients' certificates chain to.
+#[derive(Clone)]
+struct Tls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+/// One request as the endpoint logged it.
+struct Request {
+    time: f64,
+    answered: Option<f64>,
+    headers: Value,
+    body: Value,
+    ids: Vec<String>,
+    /// The status it answered, or "hung" / "closed".
+    status: Value,
+    client_cert: Option<String>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> &str {
+        self.headers[name].as_str().unwrap_or("")
+    }
+    fn delivered(&self) -> bool {
+        self.status
+            .as_u64()
+            .is_some_and(|s| (200..300).contains(&s) || s == 409)
+    }
+}
+
+impl Endpoint {
+    fn script_path(&self) -> PathBuf {
+        self.dir.path().join("script.json")
+    }
+
+    /// An endpoint on a free port, not started yet (so that a test can begin with it down).
+    fn new(tls: Option<Tls>) -> Result<Endpoint> {
+        let e = Endpoint {
+            dir: tempfile::tempdir()?,
+            port: free_port(),
+            tls,
+            child: None,
+        };
+        e.set_script(&json!({}))?;
+        Ok(e)
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/edge/events", self.port)
+    }
+
+    /// Starts (or starts again) the server on its port and waits until it listens.
+    fn start(&mut self) -> Result<()> {
+        let port_file = self.dir.path().join("port");
+        let _ = std::fs::remove_file(&port_file);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("http-endpoint/endpoint.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
+            .args(["--port", &self.port.to_string()])
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(self.dir.path().join("log.jsonl"))
+            .arg("--script")
+            .arg(self.script_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("endpoint.err"))?,
+            ));
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert").arg(&tls.cert).arg("--key").arg(&tls.key);
+            if let Some(ca) = &tls.client_ca {
+                cmd.arg("--client-ca").arg(ca);
+            }
+        }
+        let mut child = cmd.spawn().context(
+            "starting python3 tests/http-endpoint/endpoint.py (tests/run installs python3)",
+        )?;
+        let waited = wait_for("the endpoint to listen", DEADLINE, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(Err(anyhow!("the endpoint exited: {status}")));
+            }
+            port_file.exists().then_some(Ok(()))
+        });
+        self.child = Some(child);
+        waited.and_then(|r| r).map_err(|e| {
+            anyhow!(
+                "{e}; its stderr: {}",
+                std::fs::read_to_string(self.dir.path().join("endpoint.err")).unwrap_or_default()
+            )
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Replaces the script at once (written aside, then renamed).
+    fn set_script(&self, script: &Value) -> Result<()> {
+        let tmp = self.dir.path().join("script.json.tmp");
+        std::fs::write(&tmp, script.to_string())?;
+        std::fs::rename(&tmp, self.script_path())?;
+        Ok(())
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        let text = std::fs::read_to_string(self.dir.path().join("log.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|v| Request {
+                time: v["time"].as_f64().unwrap_or(0.0),
+                answered: v["answered"].as_f64(),
+                headers: v["headers"].clone(),
+                body: v["body"].clone(),
+                ids: v["ids"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|i| i.as_str().unwrap_or("").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                status: v["status"].clone(),
+                client_cert: v["client_cert"].as_str().map(str::to_string),
+            })
+            .collect()
+    }
+
+    /// The events of every delivered request, in the order they were delivered.
+    fn delivered_events(&self) -> Vec<Value> {
+        self.requests()
+            .into_iter()
+            .filter(Request::delivered)
+            .flat_map(|r| r.body.as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Waits until `n` events were delivered; returns them in delivery order.
+    fn wait_delivered(&self, n: usize, agent: &Agent) -> Result<Vec<Value>> {
+        wait_for(
+            &format!("{n} events delivered"),
+            Duration::from_secs(90),
+            || {
+                let events = self.delivered_events();
+                (events.len() >= n).then_some(events)
+            },
+        )
+        .map_err(|e| anyhow!("{e}\nagent log:\n{}", agent.log()))
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serial(pty: &Pty) -> String {
+    format!(
+        "[[sources.serial]]\nid = \"scanner-pack-01\"\npath = \"{}\"\nbaud = 9600\ndecoder = \"barcode\"\nstation = \"pack-01\"\n",
+        pty.path.display()
+    )
+}
+
+fn config(upstream: &str, sources: &str, control: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "dc-test-01"
+[storage]
+path = "{{dir}}/buffer.redb"
+[upstream]
+{upstream}
+[[stations]]
+id = "pack-01"
+role = "packing"
+{sources}
+[control]
+socket = "{{dir}}/control.sock"
+{control}
+"#
+    )
+}
+
+/// The scan codes of `events` in order.
+fn codes(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["body"]["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn lpn(i: usize) -> String {
+    format!("LPN{i:06}")
+}
+
+fn write_scans(pty: &mut Pty, range: std::ops::Range<usize>) -> Result<()> {
+    let mut text = Vec::new();
+    for i in range {
+        text.extend_from_slice(format!("{}\r\n", lpn(i)).as_bytes());
+    }
+    pty.write(&text)
+}
+
+/// The Idempotency-Key the contract gives for `ids`, computed with the openssl CLI.
+fn expected_key(ids: &[String]) -> Result<String> {
+    let mut child = Command::new("openssl")
+        .args(["dgst", "-sha256", "-r"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running openssl (tests/run installs it)")?;
+    {
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        for id in ids {
+            writeln!(stdin, "{id}")?;
+        }
+    }
+    let out = child.wait_with_output()?;
+    let hex = String::from_utf8_lossy(&out.stdout);
+    Ok(hex.get(..32).unwrap_or("").to_string())
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl (tests/run installs it)")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn make_pki(dir: &Path) -> Result<()> {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=edge test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(dir, &ca)?;
+    for (name, cn, ext, serial) in [
+        (
+            "server",
+            "localhost",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+            "1",
+        ),
+        (
+            "client",
+            "edge-agent-dc-test-01",
+            "extendedKeyUsage=clientAuth\n",
+            "2",
+        ),
+    ] {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n{ext}"),
+        )?;
+        let (key, csr, crt, extfile, subj) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+            format!("{name}.ext"),
+            format!("/CN={cn}"),
+        );
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req)?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                serial,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+                "-out",
+                &crt,
+            ],
+        )?;
+        std::fs::set_permissions(
+            dir.join(&key),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks that `events` are `want` scans, each once, in order, with seq increasing.
+fn check_in_order(events: &[Value], want: usize) -> Result<()> {
+    let got = codes(events);
+    let expected: Vec<String> = (0..want).map(lpn).collect();
+    ensure!(
+        got == expected,
+        "not every scan once in order: {} events, first differences {:?}",
+        got.len(),
+        got.iter()
+            .zip(&expected)
+            .filter(|(a, b)| a != b)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    ensure!(
+        seqs.len() == want && seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq does not increase: {seqs:?}"
+    );
+    let ids: HashSet<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+    ensure!(
+        ids.len() == want,
+        "{} distinct ids for {want} events",
+        ids.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_thousand_events_arrive_once_each_in_order_over_mutual_tls_with_a_bearer_token() -> Result<()> {
+    let pki = tempfile::tempdir()?;
+    make_pki(pki.path())?;
+    let p = |n: &str| pki.path().join(n);
+    let mut endpoint = Endpoint::new(Some(Tls {
+        cert: p("server.crt"),
+        key: p("server.key"),
+        client_ca: Some(p("ca.crt")),
+    }))?;
+    endpoint.set_script(&json!({"token": "s3cret-token"}))?;
+    endpoint.start()?;
+    std::fs::write(p("token"), "s3cret-token\n")?;
+    std::fs::set_permissions(
+        p("token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
+    let mut pty = Pty::open()?;
+    let upstream = format!(
+        "url = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\ntoken_file = \"{}\"\nreplay_rate = 100000",
+        endpoint.url(),
+        p("ca.crt").display(),
+        p("client.crt").display(),
+        p("client.key").display(),
+        p("token").display()
+    );
+    let agent = Agent::start(&config(&upstream, &serial(&pty), ""))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    for chunk in (0..1000).step_by(100) {
+        write_scans(&mut pty, chunk..chunk + 100)?;
+    }
+    let events = endpoint.wait_delivered(1000, &agent)?;
+    check_in_order(&events, 1000)?;
+    let requests = endpoint.requests();
+    for r in &requests {
+        ensure!(r.delivered(), "answered {}: {}", r.status, agent.log());
+        ensure!(r.ids.len() <= 100, "{} events in one request", r.ids.len());
+        ensure!(
+            r.header("content-type") == "application/json",
+            "Content-Type {:?}",
+            r.header("content-type")
+        );
+        ensure!(
+            r.header("authorization") == "Bearer s3cret-token",
+            "{:?}",
+            r.headers
+        );
+        ensure!(
+            r.client_cert.as_deref() == Some("edge-agent-dc-test-01"),
+            "client certificate {:?}",
+            r.client_cert
+        );
+        check_event_message(&r.body).map_err(|e| anyhow!("{e}"))?;
+    }
+    let first = &requests[0];
+    ensure!(
+        first.header("idempotency-key") == expected_key(&first.ids)?,
+        "Idempotency-Key {:?} is not the first 32 hex digits of SHA-256 over the ids",
+        first.header("idempotency-key")
+    );
+    let status = agent.status()?;
+    ensure!(status["upstream"]["connected"] == true, "{status}");
+    ensure!(status["upstream"]["delivered"] == 1000, "{status}");
+    wait_for("the backlog to empty", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 0).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn an_endpoint_that_is_down_then_up_gets_every_buffered_event_in_order() -> Result<()> {
+    let mut endpoint = Endpoint::new(None)?;
+    let mut pty = Pty::open()?;
+    let upstream = format!("url = \"{}\"\nbatch = 20", endpoint.url());
+    let agent = Agent::start(&config(&upstream, &serial(&pty), ""))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    write_scans(&mut pty, 0..50)?;
+    let status = wait_for(
+        "50 events buffered, the endpoint named as down",
+        DEADLINE,
+        || {
+            let s = agent.status().ok()?;
+            (s["backlog"] == 50 && s["upstream"]["connected"] == false).then_some(s)
+        },
+    )?;
+    let detail = status["upstream"]["detail"].as_str().unwrap_or("");
+    ensure!(
+        detail.contains(&endpoint.url()) && detail.contains("refused"),
+        "status names the endpoint and the cause: {detail}"
+    );
+    endpoint.start()?;
+    let events = endpoint.wait_delivered(50, &agent)?;
+    check_in_order(&events, 50)?;
+    ensure!(
+        endpoint.requests().iter().all(|r| r.ids.len() <= 20),
+        "a request above upstream.batch"
+    );
+    wait_for("upstream connected", DEADLINE, || {
+        (agent.status().ok()?["upstream"]["connected"] == true).then_some(())
+    })?;
+    Ok(())
+}
+
+#[test]
+fn a_503_with_retry_after_is_waited_out_and_the_same_batch_sent_again() -> Result<()> {
+    let mut endpoint = Endpoint::new(None)?;
+    endpoint.set_script(
+        &json!({"respond": [{"status": 503, "retry_after": "2", "body": "maintenance"}]}),
+    )?;
+    endpoint.start()?;
+    let mut pty = Pty::open()?;
+    let agent = Agent::start(&config(
+        &format!("url = \"{}\"", endpoint.url()),
+        &serial(&pty),
+        "",
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    write_scans(&mut pty, 0..10)?;
+    let events = endpoint.wait_delivered(10, &agent)?;
+    check_in_order(&events, 10)?;
+    let requests = endpoint.requests();
+    ensure!(
+        requests[0].status == 503,
+        "first answer {}",
+        requests[0].status
+    );
+    let refused_at = requests[0]
+        .answered
+        .ok_or_else(|| anyhow!("the 503 has no answer time"))?;
+    let again = &requests[1];
+    ensure!(
+        again.time - refused_at >= 2.0,
+        "the next request came {:.3} s after a Retry-After of 2 s",
+        again.time - refused_at
+    );
+    // A 503 says the endpoint did not take the batch: the retry carries the same events
+    // first, and those pending since may join it (up to upstream.batch); the same events give
+    // the same key.
+    ensure!(
+        again.ids.starts_with(&requests[0].ids),
+        "the retry does not start with the refused batch: {:?} then {:?}",
+        requests[0].ids,
+        again.ids
+    );
+    ensure!(
+        (again.ids == requests[0].ids)
+            == (again.header("idempotency-key") == requests[0].header("idempotency-key")),
+        "the key changes exactly when the events do"
+    );
+    ensure!(
+        agent
+            .log()
+            .contains("HTTP 503 Service Unavailable: maintenance"),
+        "the answer is logged:\n{}",
+        agent.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn an_event_refused_with_400_is_set_aside_and_every_other_one_delivered_in_order() -> Result<()> {
+    let mut endpoint = Endpoint::new(None)?;
+    endpoint.set_script(&json!({"reject_codes": [lpn(13)], "reject_status": 400}))?;
+    let mut pty = Pty::open()?;
+    let mut agent = Agent::start(&config(
+        &format!("url = \"{}\"", endpoint.url()),
+        &serial(&pty),
+        "",
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    // Buffered while the endpoint is down, so that they go in one batch of 30.
+    write_scans(&mut pty, 0..30)?;
+    wait_for("30 events buffered", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 30).then_some(())
+    })?;
+    endpoint.start()?;
+    let events = endpoint.wait_delivered(29, &agent)?;
+    let want: Vec<String> = (0..30).filter(|i| *i != 13).map(lpn).collect();
+    ensure!(codes(&events) == want, "delivered {:?}", codes(&events));
+    let status = wait_for("the backlog to empty", DEADLINE, || {
+        let s = agent.status().ok()?;
+        (s["backlog"] == 0).then_some(s)
+    })?;
+    ensure!(status["upstream"]["rejected"] == 1, "{status}");
+    ensure!(status["storage"]["set_aside"] == 1, "{status}");
+    let requests = endpoint.requests();
+    ensure!(
+        requests
+            .first()
+            .is_some_and(|r| r.ids.len() == 30 && r.status == 400),
+        "the first request is the whole batch, refused"
+    );
+    let refused: Vec<&Request> = requests.iter().filter(|r| r.status == 400).collect();
+    ensure!(
+        refused.last().is_some_and(|r| r.ids.len() == 1),
+        "halving ends with the refused event alone: {:?}",
+        refused.iter().map(|r| r.ids.len()).collect::<Vec<_>>()
+    );
+    ensure!(
+        refused.len() <= 6,
+        "{} refused requests to isolate one event of 30",
+        refused.len()
+    );
+    agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let (code, out, err) = run_cli(
+        &["inspect", "--storage", &agent.storage.display().to_string()],
+        &[],
+    )?;
+    ensure!(code == 0, "inspect: {err}");
+    ensure!(
+        out.contains(&format!(
+            "refused by {}: HTTP 400 Bad Request",
+            endpoint.url()
+        )),
+        "inspect lists the set-aside event with the answer:\n{out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn after_kill_9_mid_batch_the_retry_carries_the_same_idempotency_key_and_ids() -> Result<()> {
+    let mut endpoint = Endpoint::new(None)?;
+    let mut pty = Pty::open()?;
+    let upstream = format!("url = \"{}\"\nbatch = 100", endpoint.url());
+    let mut agent = Agent::start(&config(&upstream, &serial(&pty), ""))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    // 250 buffered while the endpoint is down: the first batch is the oldest 100.
+    write_scans(&mut pty, 0..250)?;
+    wait_for("250 events buffered", DEADLINE, || {
+        (agent.status().ok()?["backlog"] == 250).then_some(())
+    })?;
+    endpoint.set_script(&json!({"hang": true}))?;
+    endpoint.start()?;
+    let hung = wait_for(
+        "a request the endpoint holds",
+        Duration::from_secs(60),
+        || endpoint.requests().into_iter().find(|r| r.status == "hung"),
+    )?;
+    ensure!(
+        hung.ids.len() == 100,
+        "{} events in the held batch",
+        hung.ids.len()
+    );
+    agent.signal(nix::sys::signal::Signal::SIGKILL)?;
+    endpoint.set_script(&json!({}))?;
+    agent.restart()?;
+    let events = endpoint.wait_delivered(250, &agent)?;
+    check_in_order(&events, 250)?;
+    let requests = endpoint.requests();
+    let retry = requests
+        .iter()
+        .find(|r| r.delivered())
+        .ok_or_else(|| anyhow!("nothing delivered"))?;
+    ensure!(
+        retry.ids == hung.ids,
+        "the first request after the restart is not the held batch"
+    );
+    ensure!(
+        retry.header("idempotency-key") == hung.header("idempotency-key"),
+        "Idempotency-Key {:?} after the restart, {:?} before",
+        retry.header("idempotency-key"),
+        hung.header("idempotency-key")
+    );
+    Ok(())
+}
+
+#[test]
+fn cloudevents_go_as_a_batch_the_sdk_reads_with_status_and_replay_over_the_control_broker(
+) -> Result<()> {
+    let broker = Broker::start()?;
+    let status_sink = Collector::subscribe(broker.port, "edge/dc-test-01/status")?;
+    let mut endpoint = Endpoint::new(None)?;
+    endpoint.start()?;
+    let mut pty = Pty::open()?;
+    let upstream = format!("url = \"{}\"\nformat = \"cloudevents\"", endpoint.url());
+    let agent = Agent::start(&config(
+        &upstream,
+        &serial(&pty),
+        &format!("broker = \"{}\"", broker.url()),
+    ))?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    write_scans(&mut pty, 0..5)?;
+    wait_for("5 events delivered", Duration::from_secs(60), || {
+        let n: usize = endpoint
+            .requests()
+            .iter()
+            .filter(|r| r.delivered())
+            .map(|r| r.ids.len())
+            .sum();
+        (n >= 5).then_some(())
+    })?;
+    let requests = endpoint.requests();
+    let mut lines = Vec::new();
+    for r in &requests {
+        ensure!(
+            r.header("content-type") == "application/cloudevents-batch+json",
+            "Content-Type {:?}",
+            r.header("content-type")
+        );
+        check_event_message(&r.body).map_err(|e| anyhow!("{e}"))?;
+        for e in r.body.as_array().cloned().unwrap_or_default() {
+            lines.push(e.to_string());
+        }
+    }
+    let read = read_with_sdk(&lines)?;
+    ensure!(read.len() == 5, "the SDK read {} events", read.len());
+    for (ev, line) in read.iter().zip(&lines) {
+        let sent: Value = serde_json::from_str(line)?;
+        ensure!(
+            ev["id"] == sent["id"] && ev["type"] == sent["type"],
+            "{ev} vs {sent}"
+        );
+    }
+
+    // The control channels ride control.broker: the retained status, and a replay request.
+    wait_for("the status on the control broker", DEADLINE, || {
+        status_sink
+            .all()
+            .iter()
+            .any(|m| m.json()["sources"]["scanner-pack-01"]["state"] == "open")
+            .then_some(())
+    })?;
+    status_sink.publish(
+        "edge/dc-test-01/cmd/replay",
+        json!({"since": "2020-01-01T00:00:00Z"}).to_string(),
+    )?;
+    let replayed = wait_for("the replayed batch", Duration::from_secs(60), || {
+        endpoint.requests().into_iter().find(|r| {
+            r.body
+                .as_array()
+                .is_some_and(|a| a.iter().any(|e| e["data"]["replayed"] == true))
+        })
+    })?;
+    ensure!(
+        replayed.ids.len() == 5,
+        "{} events replayed",
+        replayed.ids.len()
+    );
+    ensure!(
+        replayed.header("idempotency-key") != requests[0].header("idempotency-key"),
+        "a replay must not carry the original batch's key"
+    );
+    Ok(())
+}
+
+/// Reads one structured-mode JSON CloudEvent per line with the CloudEvents Python SDK
+/// (`$EDGE_TESTS_PYTHON`, set up by tests/run) and returns what it read.
+fn read_with_sdk(lines: &[String]) -> Result<Vec<Value>> {
+    const READ: &str = r#"
+import json, sys
+from cloudevents.core.formats.json import JSONFormat
+fmt = JSONFormat()
+for line in sys.stdin:
+    if line.strip():
+        ev = fmt.read(None, line.encode("utf-8"))
+        print(json.dumps({"id": ev.get_id(), "type": ev.get_type(), "source": ev.get_source()}))
+"#;
+    let python = std::env::var("EDGE_TESTS_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(&python)
+        .args(["-c", READ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("starting {python}; run tests/run, which installs the CloudEvents SDK")
+        })?;
+    {
+        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        for l in lines {
+            writeln!(stdin, "{l}")?;
+        }
+    }
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "the CloudEvents SDK ({python}) refused an event: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("SDK output {l:?}")))
+        .collect()
+}
+
+#[test]
+fn check_config_refuses_plain_http_beyond_loopback_and_cbor_over_http() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for (upstream, want) in [
+        (
+            "url = \"http://10.0.0.5/events\"",
+            "upstream.url: \"http://10.0.0.5/events\": http:// would send events unencrypted",
+        ),
+        (
+            "url = \"http://127.0.0.1:8080/events\"\nformat = \"cbor\"",
+            "upstream.format: cbor is for MQTT",
+        ),
+        (
+            "url = \"https://erp.example.com/events\"",
+            "upstream.ca_file:",
+        ),
+    ] {
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            config(upstream, "", "").replace("{dir}", &dir.path().display().to_string()),
+        )?;
+        let (code, out, err) = run_cli(
+            &["check-config", "--config", &path.display().to_string()],
+            &[],
+        )?;
+        ensure!(code == 2, "exit {code} for {upstream}: {out}{err}");
+        ensure!(err.contains(want), "{upstream}: wanted {want:?} in:\n{err}");
+    }
+    let path = dir.path().join("ok.toml");
+    std::fs::write(
+        &path,
+        config("url = \"http://127.0.0.1:8080/events\"", "", "")
+            .replace("{dir}", &dir.path().display().to_string()),
+    )?;
+    let (code, out, err) = run_cli(
+        &["check-config", "--config", &path.display().to_string()],
+        &[],
+    )?;
+    ensure!(code == 0, "plain http to loopback refused: {out}{err}");
+    Ok(())
+}
