@@ -4,6 +4,8 @@
 //! Every wait polls a condition with a deadline; nothing sleeps for a fixed time to "let things
 //! settle".
 
+pub mod endpoint;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
