@@ -21,7 +21,9 @@ The script, a JSON object; every key is optional:
     "token":       "abc"  requests without `Authorization: Bearer abc` get 401
     "respond":     [{"status": 503, "retry_after": "2"}, {"hang": true}, {"close": true}, ...]
                    answers for the next requests, one each, in order; then the default.
-                   An entry may also give "body" (text). {"hang": true}: read the request,
+                   An entry may also give "body" (text), and "retry_after_date": N for a
+                   Retry-After that is an HTTP-date N s after the next whole second (logged
+                   as "retry_until", Unix seconds). {"hang": true}: read the request,
                    log it as "hung" and never answer (until the client goes away);
                    {"close": true}: close the connection without an answer. The list is
                    consumed per script content: writing a different script starts it anew.
@@ -42,10 +44,12 @@ request in the log.
 """
 
 import argparse
+import email.utils
 import errno
 import http.server
 import itertools
 import json
+import math
 import os
 import ssl
 import sys
@@ -168,6 +172,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status = int(entry.get("status", 200))
             if entry.get("retry_after") is not None:
                 extra["Retry-After"] = str(entry["retry_after"])
+            if entry.get("retry_after_date") is not None:
+                until = math.ceil(time.time()) + int(entry["retry_after_date"])
+                extra["Retry-After"] = email.utils.formatdate(until, usegmt=True)
+                record["retry_until"] = until
             if entry.get("body") is not None:
                 extra["body"] = entry["body"]
         elif script.get("hang"):
