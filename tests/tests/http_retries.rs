@@ -188,11 +188,11 @@ fn a_401_is_retried_whole_never_split_and_named_in_status() -> Result<()> {
     Ok(())
 }
 
-/// Fails against the agent of "Upstream over HTTP" (6c7f1e3): the token file is read when a
+/// Failed against the agent of "Upstream over HTTP" (6c7f1e3): the token file is read when a
 /// connection opens, and the endpoint keeps the connection open after a 401 (as HTTP/1.1
-/// servers do), so the agent sends the stale token until it restarts.
+/// servers do), so the agent sent the stale token until it restarted. The agent now closes
+/// the connection after a 401, 403 or 407.
 #[test]
-#[ignore = "agent: after a 401 the token file is not read again while the connection lives"]
 fn a_token_file_fixed_after_a_401_is_used_by_the_next_attempt() -> Result<()> {
     let mut endpoint = Endpoint::new(None)?;
     let (agent, _pty, secrets, refused) = refused_with_401(&mut endpoint)?;

@@ -144,6 +144,13 @@ impl Client {
         })
         .await;
         match answer {
+            // The token or the client certificate was not accepted: the next attempt opens a
+            // new connection, which reads upstream.token_file and the TLS files again, so a
+            // fixed file is used without a restart.
+            Ok(Ok(a)) if matches!(a.status, 401 | 403 | 407) => {
+                self.conn = None;
+                Ok(a)
+            }
             Ok(Ok(a)) => Ok(a),
             Ok(Err(f)) => {
                 self.conn = None;
