@@ -104,16 +104,11 @@ pub fn parse_http_url(url: &str) -> Result<HttpAddr, HttpUrlError> {
         return Err(HttpUrlError::Credentials { url: url.into() });
     }
     let default_port = if tls { 443 } else { 80 };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.starts_with('[') || h.ends_with(']') => {
-            let port: u16 = p.parse().map_err(|_| HttpUrlError::Port {
-                url: url.into(),
-                port: p.into(),
-            })?;
-            (h, port)
-        }
-        _ => (authority, default_port),
-    };
+    let (host, port) =
+        split_authority(authority, default_port).map_err(|p| HttpUrlError::Port {
+            url: url.into(),
+            port: p.into(),
+        })?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if bare.is_empty() || port == 0 {
         return Err(HttpUrlError::NoHost { url: url.into() });
@@ -141,6 +136,18 @@ pub fn parse_http_url(url: &str) -> Result<HttpAddr, HttpUrlError> {
         },
         path,
     })
+}
+
+/// `host[:port]` (an IPv6 address in brackets): the host as written and the port, else
+/// `default_port`; the error is the port's text when it is not a number.
+fn split_authority(authority: &str, default_port: u16) -> Result<(&str, u16), &str> {
+    match authority.rsplit_once(':') {
+        // A colon inside brackets is the address's, not a port's.
+        Some((h, p)) if !h.starts_with('[') || h.ends_with(']') => {
+            p.parse().map(|port| (h, port)).map_err(|_| p)
+        }
+        _ => Ok((authority, default_port)),
+    }
 }
 
 /// Whether `url` (any URL a broker or endpoint key takes) uses TLS; None if it is not one.
@@ -171,16 +178,11 @@ pub fn parse_mqtt_url(url: &str) -> Result<BrokerAddr, UrlError> {
     if rest.contains('/') || rest.contains('@') {
         return Err(UrlError::Extra { url: url.into() });
     }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            let port: u16 = p.parse().map_err(|_| UrlError::Port {
-                url: url.into(),
-                port: p.into(),
-            })?;
-            (h, port)
-        }
-        _ => (rest, if tls { 8883 } else { 1883 }),
-    };
+    let (host, port) =
+        split_authority(rest, if tls { 8883 } else { 1883 }).map_err(|p| UrlError::Port {
+            url: url.into(),
+            port: p.into(),
+        })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 {
         return Err(UrlError::NoHost { url: url.into() });

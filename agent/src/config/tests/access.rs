@@ -15,6 +15,15 @@ fn mqtt_urls_need_scheme_host_and_port() {
         })
     );
     assert_eq!(parse_mqtt_url("mqtt://broker").map(|a| a.port), Ok(1883));
+    // IPv6 in brackets, with and without a port (the colons inside are the address's).
+    assert_eq!(
+        parse_mqtt_url("mqtt://[::1]").map(|a| (a.host, a.port)),
+        Ok(("::1".to_string(), 1883))
+    );
+    assert_eq!(
+        parse_mqtt_url("mqtts://[fd00::5]:18883").map(|a| (a.host, a.port)),
+        Ok(("fd00::5".to_string(), 18883))
+    );
     assert_eq!(
         parse_mqtt_url("mqtts://central.example.com"),
         Ok(BrokerAddr {
