@@ -6,33 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use edge_agent::buffer::{Capacity, NewRow, Store};
-use edge_protocol::event::{Body, Envelope, ShipmentScan};
 use edge_tests::{rss_kib, wait_for, Agent, Broker};
 
 const N: u64 = 1_000_000;
-
-fn envelope(seq: u64) -> Vec<u8> {
-    let code = format!("]C1001061414{seq:07}");
-    Envelope {
-        id: format!("01a21ca0-81f7-73e6-b850-{seq:012}"),
-        site: "dc-bench".into(),
-        seq,
-        source: "scanner-pack-01".into(),
-        station: Some("pack-01".into()),
-        role: Some(edge_protocol::Role::Packing),
-        observed_at: "2026-11-27T10:00:00.123Z".into(),
-        body: Body::ShipmentScan(ShipmentScan {
-            code: code[3..].into(),
-            symbology: "gs1-128".into(),
-            sscc: Some(code[5..].into()),
-            gs1: Default::default(),
-        }),
-        raw: code.into_bytes(),
-        replayed: false,
-    }
-    .to_cbor()
-}
 
 fn main() -> Result<()> {
     let central = Broker::start()?;
@@ -44,22 +20,7 @@ fn main() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("buffer.redb");
     let start = Instant::now();
-    {
-        let store = Store::open(&path)?;
-        let mut seq = 1;
-        while seq <= N {
-            let rows: Vec<NewRow> = (seq..(seq + 10_000).min(N + 1))
-                .map(|s| NewRow {
-                    seq: s,
-                    observed_ms: 1_795_773_600_000 + s,
-                    cbor: envelope(s),
-                    count_if_rejected: true,
-                })
-                .collect();
-            seq += rows.len() as u64;
-            store.commit(&rows, &[], seq, Capacity::unlimited())?;
-        }
-    }
+    edge_tests::write_backlog(&path, N)?;
     let fill_secs = start.elapsed().as_secs_f64();
     let file = std::fs::metadata(&path)?.len();
     println!("backlog of {N} events");

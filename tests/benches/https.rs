@@ -9,32 +9,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use edge_agent::buffer::{Capacity, NewRow, Store};
-use edge_protocol::event::{Body, Envelope, ShipmentScan};
 use edge_tests::endpoint::{make_pki, Endpoint, Tls};
 use edge_tests::{rss_kib, wait_for, Agent};
-
-fn envelope(seq: u64) -> Vec<u8> {
-    let code = format!("]C1001061414{seq:07}");
-    Envelope {
-        id: format!("01a21ca0-81f7-73e6-b850-{seq:012}"),
-        site: "dc-bench".into(),
-        seq,
-        source: "scanner-pack-01".into(),
-        station: Some("pack-01".into()),
-        role: Some(edge_protocol::Role::Packing),
-        observed_at: "2026-11-27T10:00:00.123Z".into(),
-        body: Body::ShipmentScan(ShipmentScan {
-            code: code[3..].into(),
-            symbology: "gs1-128".into(),
-            sscc: Some(code[5..].into()),
-            gs1: Default::default(),
-        }),
-        raw: code.into_bytes(),
-        replayed: false,
-    }
-    .to_cbor()
-}
 
 /// CPU seconds (user + system) a process has used, from /proc.
 fn cpu_secs(pid: u32) -> f64 {
@@ -63,22 +39,7 @@ struct Row {
 fn run(n: u64, batch: u16, pki: &std::path::Path) -> Result<Row> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("buffer.redb");
-    {
-        let store = Store::open(&path)?;
-        let mut seq = 1;
-        while seq <= n {
-            let rows: Vec<NewRow> = (seq..(seq + 10_000).min(n + 1))
-                .map(|s| NewRow {
-                    seq: s,
-                    observed_ms: 1_795_773_600_000 + s,
-                    cbor: envelope(s),
-                    count_if_rejected: true,
-                })
-                .collect();
-            seq += rows.len() as u64;
-            store.commit(&rows, &[], seq, Capacity::unlimited())?;
-        }
-    }
+    edge_tests::write_backlog(&path, n)?;
     let mut endpoint = Endpoint::new(Some(Tls {
         cert: pki.join("server.crt"),
         key: pki.join("server.key"),

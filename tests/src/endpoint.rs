@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::{free_port, wait_for, Agent, DEADLINE};
+use crate::{check_event_message, free_port, openssl, wait_for, Agent, Pty, DEADLINE};
 
 /// The test endpoint: one Python process, its request log and its script.
 pub struct Endpoint {
@@ -194,22 +194,6 @@ impl Drop for Endpoint {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("running openssl (tests/run installs it)")?;
-    if !out.status.success() {
-        bail!(
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
 pub fn make_pki(dir: &Path) -> Result<()> {
     let ec = [
@@ -290,6 +274,86 @@ pub fn make_pki(dir: &Path) -> Result<()> {
             dir.join(&key),
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )?;
+    }
+    Ok(())
+}
+
+/// An agent configuration for the HTTP upstream tests: site `dc-test-01`, station `pack-01`,
+/// `upstream` and `control` keys as given, and `sources` (see [`serial_source`]).
+pub fn agent_config(upstream: &str, sources: &str, control: &str) -> String {
+    format!(
+        r#"
+[site]
+id = "dc-test-01"
+[storage]
+path = "{{dir}}/buffer.redb"
+[upstream]
+{upstream}
+[[stations]]
+id = "pack-01"
+role = "packing"
+{sources}
+[control]
+socket = "{{dir}}/control.sock"
+{control}
+"#
+    )
+}
+
+/// A barcode scanner `scanner-pack-01` on `pty`.
+pub fn serial_source(pty: &Pty) -> String {
+    format!(
+        "[[sources.serial]]\nid = \"scanner-pack-01\"\npath = \"{}\"\nbaud = 9600\ndecoder = \"barcode\"\nstation = \"pack-01\"\n",
+        pty.path.display()
+    )
+}
+
+/// The code of scan `i`.
+pub fn lpn(i: usize) -> String {
+    format!("LPN{i:06}")
+}
+
+/// Writes scans `range` to the scanner in one go.
+pub fn write_scans(pty: &mut Pty, range: std::ops::Range<usize>) -> Result<()> {
+    let text: String = range.map(|i| format!("{}\r\n", lpn(i))).collect();
+    pty.write(text.as_bytes())
+}
+
+/// The scan codes of `events` in order.
+pub fn codes(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["body"]["code"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// Checks that `events` are the scans `0..want`, each once (distinct ids), in order (seq
+/// increasing), each valid against the edge.v1 schema.
+pub fn check_scans(events: &[Value], want: usize) -> Result<()> {
+    for e in events {
+        check_event_message(e).map_err(|why| anyhow!("{why}: {e}"))?;
+    }
+    let got = codes(events);
+    let expected: Vec<String> = (0..want).map(lpn).collect();
+    if got != expected {
+        bail!(
+            "not every scan once in order: {} events, first differences {:?}",
+            got.len(),
+            got.iter()
+                .zip(&expected)
+                .filter(|(a, b)| a != b)
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+    }
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    if seqs.len() != want || !seqs.windows(2).all(|w| w[0] < w[1]) {
+        bail!("seq does not increase: {seqs:?}");
+    }
+    let ids: std::collections::HashSet<&str> =
+        events.iter().filter_map(|e| e["id"].as_str()).collect();
+    if ids.len() != want {
+        bail!("{} distinct ids for {want} events", ids.len());
     }
     Ok(())
 }

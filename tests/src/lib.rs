@@ -955,6 +955,133 @@ pub fn fill(path: &std::path::Path) -> Result<u64> {
     }
 }
 
+/// The Python interpreter that has the `cloudevents` package: `$EDGE_TESTS_PYTHON` (tests/run
+/// makes a virtual environment and sets it), else `python3`.
+fn python() -> String {
+    std::env::var("EDGE_TESTS_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// Reads one structured-mode JSON CloudEvent per input line with the SDK's own JSON format
+/// (cloudevents 2.x, `cloudevents.core`) and prints what it read as JSON.
+const READ_WITH_SDK: &str = r#"
+import json, sys
+from cloudevents.core.formats.json import JSONFormat
+fmt = JSONFormat()
+for line in sys.stdin:
+    if not line.strip():
+        continue
+    ev = fmt.read(None, line.encode("utf-8"))
+    t = ev.get_time()
+    print(json.dumps({
+        "specversion": ev.get_specversion(),
+        "id": ev.get_id(),
+        "source": ev.get_source(),
+        "type": ev.get_type(),
+        "time": None if t is None else t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "subject": ev.get_subject(),
+        "datacontenttype": ev.get_datacontenttype(),
+        "data": ev.get_data(),
+        "extensions": sorted(k for k in ev.get_attributes() if k not in (
+            "specversion", "id", "source", "type", "time", "subject", "datacontenttype")),
+    }))
+"#;
+
+/// What the CloudEvents reference SDK for Python read from each message (one structured-mode
+/// JSON CloudEvent each), in order; an error when it refuses one.
+pub fn read_with_cloudevents_sdk(messages: &[Vec<u8>]) -> Result<Vec<Value>> {
+    let python = python();
+    let mut child = Command::new(&python)
+        .args(["-c", READ_WITH_SDK])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {python}; run tests/run, which installs the CloudEvents SDK (or set EDGE_TESTS_PYTHON)"))?;
+    {
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin for {python}"))?;
+        for m in messages {
+            stdin.write_all(m)?;
+            stdin.write_all(b"\n")?;
+        }
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "the CloudEvents SDK ({python}) refused a message or is not installed ({}): {}\n\
+             run tests/run, which installs it into target/py-cloudevents (pip install cloudevents)",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("SDK output {l:?}")))
+        .collect()
+}
+
+/// Runs the `openssl` CLI in `dir` (the TLS tests make their certificates with it).
+pub fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl; install it (apt-get install -y openssl) or run tests/run")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Fills a buffer file at `path` with `n` pending scans (seq 1..=n), as a stopped agent with
+/// that backlog would have left it: for the backlog benches.
+pub fn write_backlog(path: &Path, n: u64) -> Result<()> {
+    use edge_agent::buffer::{Capacity, NewRow, Store};
+    use edge_protocol::event::{Body, Envelope, ShipmentScan};
+    let envelope = |seq: u64| {
+        let code = format!("]C1001061414{seq:07}");
+        Envelope {
+            id: format!("01a21ca0-81f7-73e6-b850-{seq:012}"),
+            site: "dc-bench".into(),
+            seq,
+            source: "scanner-pack-01".into(),
+            station: Some("pack-01".into()),
+            role: Some(edge_protocol::Role::Packing),
+            observed_at: "2026-11-27T10:00:00.123Z".into(),
+            body: Body::ShipmentScan(ShipmentScan {
+                code: code[3..].into(),
+                symbology: "gs1-128".into(),
+                sscc: Some(code[5..].into()),
+                gs1: Default::default(),
+            }),
+            raw: code.into_bytes(),
+            replayed: false,
+        }
+        .to_cbor()
+    };
+    let store = Store::open(path)?;
+    let mut seq = 1;
+    while seq <= n {
+        let rows: Vec<NewRow> = (seq..(seq + 10_000).min(n + 1))
+            .map(|s| NewRow {
+                seq: s,
+                observed_ms: 1_795_773_600_000 + s,
+                cbor: envelope(s),
+                count_if_rejected: true,
+            })
+            .collect();
+        seq += rows.len() as u64;
+        store.commit(&rows, &[], seq, Capacity::unlimited())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,11 @@
 //! CBOR; every event is checked against docs/schema/edge.v1.schema.json (the Collector does
 //! that for each message, and this file checks `data` once more after the SDK read it).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 use edge_protocol::Envelope;
-use edge_tests::{check_event_message, Agent, Broker, Collector, Pty, DEADLINE};
+use edge_tests::{
+    check_event_message, read_with_cloudevents_sdk, Agent, Broker, Collector, Pty, DEADLINE,
+};
 use serde_json::{json, Value};
 
 const SITE: &str = "dc-contract-01";
@@ -73,77 +72,11 @@ fn run(format: &str) -> Result<(Vec<edge_tests::Received>, usize)> {
     Ok((received, inputs.len()))
 }
 
-/// The Python interpreter that has the `cloudevents` package: `$EDGE_TESTS_PYTHON` (tests/run
-/// makes a virtual environment and sets it), else `python3`.
-fn python() -> String {
-    std::env::var("EDGE_TESTS_PYTHON").unwrap_or_else(|_| "python3".into())
-}
-
-/// Reads one structured-mode JSON CloudEvent per input line with the SDK's own JSON format
-/// (cloudevents 2.x, `cloudevents.core`) and prints what it read as JSON.
-const READ_WITH_SDK: &str = r#"
-import json, sys
-from cloudevents.core.formats.json import JSONFormat
-fmt = JSONFormat()
-for line in sys.stdin:
-    if not line.strip():
-        continue
-    ev = fmt.read(None, line.encode("utf-8"))
-    t = ev.get_time()
-    print(json.dumps({
-        "specversion": ev.get_specversion(),
-        "id": ev.get_id(),
-        "source": ev.get_source(),
-        "type": ev.get_type(),
-        "time": None if t is None else t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "subject": ev.get_subject(),
-        "datacontenttype": ev.get_datacontenttype(),
-        "data": ev.get_data(),
-        "extensions": sorted(k for k in ev.get_attributes() if k not in (
-            "specversion", "id", "source", "type", "time", "subject", "datacontenttype")),
-    }))
-"#;
-
-/// What the CloudEvents SDK read from each message, in order.
-fn read_with_sdk(messages: &[Vec<u8>]) -> Result<Vec<Value>> {
-    let python = python();
-    let mut child = Command::new(&python)
-        .args(["-c", READ_WITH_SDK])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {python}; run tests/run, which installs the CloudEvents SDK (or set EDGE_TESTS_PYTHON)"))?;
-    {
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin for {python}"))?;
-        for m in messages {
-            stdin.write_all(m)?;
-            stdin.write_all(b"\n")?;
-        }
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "the CloudEvents SDK ({python}) refused a message or is not installed ({}): {}\n\
-             run tests/run, which installs it into target/py-cloudevents (pip install cloudevents)",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("SDK output {l:?}")))
-        .collect()
-}
-
 #[test]
 fn the_cloudevents_sdk_reads_every_event_and_its_data_is_a_valid_edge_v1_event() -> Result<()> {
     let (received, sent) = run("cloudevents")?;
     let messages: Vec<Vec<u8>> = received.iter().map(|r| r.payload.clone()).collect();
-    let read = read_with_sdk(&messages)?;
+    let read = read_with_cloudevents_sdk(&messages)?;
     ensure!(
         read.len() == messages.len() && read.len() >= sent,
         "the SDK read {} of {} messages ({sent} readings)",
@@ -203,7 +136,7 @@ fn the_cloudevents_sdk_reads_every_event_and_its_data_is_a_valid_edge_v1_event()
 fn the_sdk_check_fails_on_a_message_that_is_not_a_cloudevent() -> Result<()> {
     let not_an_event = br#"{"specversion":"1.0","id":"x","type":"edge.exception.v1"}"#.to_vec();
     ensure!(
-        read_with_sdk(&[not_an_event]).is_err(),
+        read_with_cloudevents_sdk(&[not_an_event]).is_err(),
         "a CloudEvent without source was accepted by the SDK"
     );
     Ok(())

@@ -7,74 +7,19 @@
 use std::os::unix::fs::PermissionsExt;
 
 use anyhow::{anyhow, ensure, Result};
-use edge_tests::endpoint::{Endpoint, Request};
-use edge_tests::{check_event_message, wait_for, Agent, Pty, DEADLINE};
+use edge_tests::endpoint::{
+    agent_config, check_scans, serial_source, write_scans, Endpoint, Request,
+};
+use edge_tests::{wait_for, Agent, Pty, DEADLINE};
 use serde_json::{json, Value};
-
-fn config(upstream: &str, pty: &Pty) -> String {
-    format!(
-        r#"
-[site]
-id = "dc-test-01"
-[storage]
-path = "{{dir}}/buffer.redb"
-[upstream]
-{upstream}
-[[stations]]
-id = "pack-01"
-role = "packing"
-[[sources.serial]]
-id = "scanner-pack-01"
-path = "{}"
-baud = 9600
-decoder = "barcode"
-station = "pack-01"
-[control]
-socket = "{{dir}}/control.sock"
-"#,
-        pty.path.display()
-    )
-}
-
-fn lpn(i: usize) -> String {
-    format!("LPN{i:06}")
-}
-
-fn write_scans(pty: &mut Pty, range: std::ops::Range<usize>) -> Result<()> {
-    let text: String = range.map(|i| format!("{}\r\n", lpn(i))).collect();
-    pty.write(text.as_bytes())
-}
-
-/// Checks that the delivered `events` are the scans `0..n`, each once, in order, each valid
-/// against the edge.v1 schema.
-fn check_delivered(events: &[Value], n: usize) -> Result<()> {
-    for e in events {
-        check_event_message(e).map_err(|why| anyhow!("{why}: {e}"))?;
-    }
-    let got: Vec<&str> = events
-        .iter()
-        .map(|e| e["body"]["code"].as_str().unwrap_or(""))
-        .collect();
-    let want: Vec<String> = (0..n).map(lpn).collect();
-    ensure!(
-        got == want,
-        "not every scan once in order: {} delivered, first differences {:?}",
-        got.len(),
-        got.iter()
-            .zip(&want)
-            .filter(|(a, b)| *a != b)
-            .take(5)
-            .collect::<Vec<_>>()
-    );
-    Ok(())
-}
 
 /// `n` readings buffered while the endpoint is down: they go out as one batch once it starts.
 fn buffered(endpoint: &Endpoint, n: usize, more: &str) -> Result<(Agent, Pty)> {
     let mut pty = Pty::open()?;
-    let agent = Agent::start(&config(
+    let agent = Agent::start(&agent_config(
         &format!("url = \"{}\"\nreplay_rate = 100000\n{more}", endpoint.url()),
-        &pty,
+        &serial_source(&pty),
+        "",
     ))?;
     agent.wait_source("scanner-pack-01", "open")?;
     write_scans(&mut pty, 0..n)?;
@@ -101,7 +46,7 @@ fn a_retry_after_given_as_an_http_date_holds_the_next_request_back_until_that_ti
     let (agent, _pty) = buffered(&endpoint, 20, "")?;
     endpoint.start()?;
     let events = endpoint.wait_delivered(20, &agent)?;
-    check_delivered(&events, 20)?;
+    check_scans(&events, 20)?;
     let requests = endpoint.requests();
     ensure!(
         requests.first().is_some_and(|r| r.status == 429),
@@ -211,7 +156,7 @@ fn a_token_file_fixed_after_a_401_is_used_by_the_next_attempt() -> Result<()> {
             requests.len() - refused.len()
         )
     })?;
-    check_delivered(&events, 20)?;
+    check_scans(&events, 20)?;
     Ok(())
 }
 
@@ -228,7 +173,7 @@ fn a_dropped_connection_429_408_and_500_are_retried_one_request_at_a_time_and_lo
     // More arrive while the retries go on.
     write_scans(&mut pty, 150..N)?;
     let events = endpoint.wait_delivered(N, &agent)?;
-    check_delivered(&events, N)?;
+    check_scans(&events, N)?;
     let requests = endpoint.requests();
     let statuses: Vec<&Value> = requests.iter().take(4).map(|r| &r.status).collect();
     ensure!(

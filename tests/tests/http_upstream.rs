@@ -4,62 +4,20 @@
 //! endpoint logs every request (headers, body, answer, time) and answers as a script file
 //! says; each test rewrites that script.
 
-use std::collections::HashSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use edge_tests::endpoint::{make_pki, Endpoint, Request, Tls};
-use edge_tests::{check_event_message, run_cli, wait_for, Agent, Broker, Collector, Pty, DEADLINE};
+use edge_tests::endpoint::{
+    agent_config, check_scans, codes, lpn, make_pki, serial_source, write_scans, Endpoint, Request,
+    Tls,
+};
+use edge_tests::{
+    check_event_message, read_with_cloudevents_sdk, run_cli, wait_for, Agent, Broker, Collector,
+    Pty, DEADLINE,
+};
 use serde_json::{json, Value};
-
-fn serial(pty: &Pty) -> String {
-    format!(
-        "[[sources.serial]]\nid = \"scanner-pack-01\"\npath = \"{}\"\nbaud = 9600\ndecoder = \"barcode\"\nstation = \"pack-01\"\n",
-        pty.path.display()
-    )
-}
-
-fn config(upstream: &str, sources: &str, control: &str) -> String {
-    format!(
-        r#"
-[site]
-id = "dc-test-01"
-[storage]
-path = "{{dir}}/buffer.redb"
-[upstream]
-{upstream}
-[[stations]]
-id = "pack-01"
-role = "packing"
-{sources}
-[control]
-socket = "{{dir}}/control.sock"
-{control}
-"#
-    )
-}
-
-/// The scan codes of `events` in order.
-fn codes(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["body"]["code"].as_str().unwrap_or("").to_string())
-        .collect()
-}
-
-fn lpn(i: usize) -> String {
-    format!("LPN{i:06}")
-}
-
-fn write_scans(pty: &mut Pty, range: std::ops::Range<usize>) -> Result<()> {
-    let mut text = Vec::new();
-    for i in range {
-        text.extend_from_slice(format!("{}\r\n", lpn(i)).as_bytes());
-    }
-    pty.write(&text)
-}
 
 /// The Idempotency-Key the contract gives for `ids`, computed with the openssl CLI.
 fn expected_key(ids: &[String]) -> Result<String> {
@@ -78,34 +36,6 @@ fn expected_key(ids: &[String]) -> Result<String> {
     let out = child.wait_with_output()?;
     let hex = String::from_utf8_lossy(&out.stdout);
     Ok(hex.get(..32).unwrap_or("").to_string())
-}
-
-/// Checks that `events` are `want` scans, each once, in order, with seq increasing.
-fn check_in_order(events: &[Value], want: usize) -> Result<()> {
-    let got = codes(events);
-    let expected: Vec<String> = (0..want).map(lpn).collect();
-    ensure!(
-        got == expected,
-        "not every scan once in order: {} events, first differences {:?}",
-        got.len(),
-        got.iter()
-            .zip(&expected)
-            .filter(|(a, b)| a != b)
-            .take(5)
-            .collect::<Vec<_>>()
-    );
-    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
-    ensure!(
-        seqs.len() == want && seqs.windows(2).all(|w| w[0] < w[1]),
-        "seq does not increase: {seqs:?}"
-    );
-    let ids: HashSet<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
-    ensure!(
-        ids.len() == want,
-        "{} distinct ids for {want} events",
-        ids.len()
-    );
-    Ok(())
 }
 
 #[test]
@@ -134,13 +64,13 @@ fn a_thousand_events_arrive_once_each_in_order_over_mutual_tls_with_a_bearer_tok
         p("client.key").display(),
         p("token").display()
     );
-    let agent = Agent::start(&config(&upstream, &serial(&pty), ""))?;
+    let agent = Agent::start(&agent_config(&upstream, &serial_source(&pty), ""))?;
     agent.wait_source("scanner-pack-01", "open")?;
     for chunk in (0..1000).step_by(100) {
         write_scans(&mut pty, chunk..chunk + 100)?;
     }
     let events = endpoint.wait_delivered(1000, &agent)?;
-    check_in_order(&events, 1000)?;
+    check_scans(&events, 1000)?;
     let requests = endpoint.requests();
     for r in &requests {
         ensure!(r.delivered(), "answered {}: {}", r.status, agent.log());
@@ -182,7 +112,7 @@ fn an_endpoint_that_is_down_then_up_gets_every_buffered_event_in_order() -> Resu
     let mut endpoint = Endpoint::new(None)?;
     let mut pty = Pty::open()?;
     let upstream = format!("url = \"{}\"\nbatch = 20", endpoint.url());
-    let agent = Agent::start(&config(&upstream, &serial(&pty), ""))?;
+    let agent = Agent::start(&agent_config(&upstream, &serial_source(&pty), ""))?;
     agent.wait_source("scanner-pack-01", "open")?;
     write_scans(&mut pty, 0..50)?;
     let status = wait_for(
@@ -200,7 +130,7 @@ fn an_endpoint_that_is_down_then_up_gets_every_buffered_event_in_order() -> Resu
     );
     endpoint.start()?;
     let events = endpoint.wait_delivered(50, &agent)?;
-    check_in_order(&events, 50)?;
+    check_scans(&events, 50)?;
     ensure!(
         endpoint.requests().iter().all(|r| r.ids.len() <= 20),
         "a request above upstream.batch"
@@ -219,15 +149,15 @@ fn a_503_with_retry_after_is_waited_out_and_the_same_batch_sent_again() -> Resul
     )?;
     endpoint.start()?;
     let mut pty = Pty::open()?;
-    let agent = Agent::start(&config(
+    let agent = Agent::start(&agent_config(
         &format!("url = \"{}\"", endpoint.url()),
-        &serial(&pty),
+        &serial_source(&pty),
         "",
     ))?;
     agent.wait_source("scanner-pack-01", "open")?;
     write_scans(&mut pty, 0..10)?;
     let events = endpoint.wait_delivered(10, &agent)?;
-    check_in_order(&events, 10)?;
+    check_scans(&events, 10)?;
     let requests = endpoint.requests();
     ensure!(
         requests[0].status == 503,
@@ -272,9 +202,9 @@ fn an_event_refused_with_400_is_set_aside_and_every_other_one_delivered_in_order
     let mut endpoint = Endpoint::new(None)?;
     endpoint.set_script(&json!({"reject_codes": [lpn(13)], "reject_status": 400}))?;
     let mut pty = Pty::open()?;
-    let mut agent = Agent::start(&config(
+    let mut agent = Agent::start(&agent_config(
         &format!("url = \"{}\"", endpoint.url()),
-        &serial(&pty),
+        &serial_source(&pty),
         "",
     ))?;
     agent.wait_source("scanner-pack-01", "open")?;
@@ -332,7 +262,7 @@ fn after_kill_9_mid_batch_the_retry_carries_the_same_idempotency_key_and_ids() -
     let mut endpoint = Endpoint::new(None)?;
     let mut pty = Pty::open()?;
     let upstream = format!("url = \"{}\"\nbatch = 100", endpoint.url());
-    let mut agent = Agent::start(&config(&upstream, &serial(&pty), ""))?;
+    let mut agent = Agent::start(&agent_config(&upstream, &serial_source(&pty), ""))?;
     agent.wait_source("scanner-pack-01", "open")?;
     // 250 buffered while the endpoint is down: the first batch is the oldest 100.
     write_scans(&mut pty, 0..250)?;
@@ -355,7 +285,7 @@ fn after_kill_9_mid_batch_the_retry_carries_the_same_idempotency_key_and_ids() -
     endpoint.set_script(&json!({}))?;
     agent.restart()?;
     let events = endpoint.wait_delivered(250, &agent)?;
-    check_in_order(&events, 250)?;
+    check_scans(&events, 250)?;
     let requests = endpoint.requests();
     let retry = requests
         .iter()
@@ -383,9 +313,9 @@ fn cloudevents_go_as_a_batch_the_sdk_reads_with_status_and_replay_over_the_contr
     endpoint.start()?;
     let mut pty = Pty::open()?;
     let upstream = format!("url = \"{}\"\nformat = \"cloudevents\"", endpoint.url());
-    let agent = Agent::start(&config(
+    let agent = Agent::start(&agent_config(
         &upstream,
-        &serial(&pty),
+        &serial_source(&pty),
         &format!("broker = \"{}\"", broker.url()),
     ))?;
     agent.wait_source("scanner-pack-01", "open")?;
@@ -412,7 +342,12 @@ fn cloudevents_go_as_a_batch_the_sdk_reads_with_status_and_replay_over_the_contr
             lines.push(e.to_string());
         }
     }
-    let read = read_with_sdk(&lines)?;
+    let read = read_with_cloudevents_sdk(
+        &lines
+            .iter()
+            .map(|l| l.as_bytes().to_vec())
+            .collect::<Vec<_>>(),
+    )?;
     ensure!(read.len() == 5, "the SDK read {} events", read.len());
     for (ev, line) in read.iter().zip(&lines) {
         let sent: Value = serde_json::from_str(line)?;
@@ -453,46 +388,6 @@ fn cloudevents_go_as_a_batch_the_sdk_reads_with_status_and_replay_over_the_contr
     Ok(())
 }
 
-/// Reads one structured-mode JSON CloudEvent per line with the CloudEvents Python SDK
-/// (`$EDGE_TESTS_PYTHON`, set up by tests/run) and returns what it read.
-fn read_with_sdk(lines: &[String]) -> Result<Vec<Value>> {
-    const READ: &str = r#"
-import json, sys
-from cloudevents.core.formats.json import JSONFormat
-fmt = JSONFormat()
-for line in sys.stdin:
-    if line.strip():
-        ev = fmt.read(None, line.encode("utf-8"))
-        print(json.dumps({"id": ev.get_id(), "type": ev.get_type(), "source": ev.get_source()}))
-"#;
-    let python = std::env::var("EDGE_TESTS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut child = Command::new(&python)
-        .args(["-c", READ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| {
-            format!("starting {python}; run tests/run, which installs the CloudEvents SDK")
-        })?;
-    {
-        let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
-        for l in lines {
-            writeln!(stdin, "{l}")?;
-        }
-    }
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "the CloudEvents SDK ({python}) refused an event: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("SDK output {l:?}")))
-        .collect()
-}
-
 #[test]
 fn check_config_refuses_plain_http_beyond_loopback_and_cbor_over_http() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -513,7 +408,7 @@ fn check_config_refuses_plain_http_beyond_loopback_and_cbor_over_http() -> Resul
         let path = dir.path().join("agent.toml");
         std::fs::write(
             &path,
-            config(upstream, "", "").replace("{dir}", &dir.path().display().to_string()),
+            agent_config(upstream, "", "").replace("{dir}", &dir.path().display().to_string()),
         )?;
         let (code, out, err) = run_cli(
             &["check-config", "--config", &path.display().to_string()],
@@ -525,7 +420,7 @@ fn check_config_refuses_plain_http_beyond_loopback_and_cbor_over_http() -> Resul
     let path = dir.path().join("ok.toml");
     std::fs::write(
         &path,
-        config("url = \"http://127.0.0.1:8080/events\"", "", "")
+        agent_config("url = \"http://127.0.0.1:8080/events\"", "", "")
             .replace("{dir}", &dir.path().display().to_string()),
     )?;
     let (code, out, err) = run_cli(

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use edge_tests::{
     config_keygen, config_sign, run_cli, wait_for, Agent, Broker, Collector, DEADLINE,
 };
@@ -47,19 +47,7 @@ impl Pki {
     }
 
     fn openssl(&self, args: &[&str]) -> Result<()> {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(self.dir.path())
-            .output()
-            .context("running openssl; install it (apt-get install -y openssl) or run tests/run")?;
-        if !out.status.success() {
-            bail!(
-                "openssl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(())
+        edge_tests::openssl(self.dir.path(), args)
     }
 
     fn ca(&self, name: &str, cn: &str) -> Result<()> {

@@ -63,9 +63,8 @@ struct Item {
 /// Events sent in one request, until the endpoint decides about them.
 struct Batch {
     items: Vec<Item>,
-    /// Sent again by a replay (delivered already: nothing to acknowledge or set aside).
-    replay: bool,
-    /// The pending table it was read from; None: a replay.
+    /// The pending table it was read from; None: events sent again by a replay (delivered
+    /// already: nothing to acknowledge or set aside).
     priority: Option<Priority>,
     /// Events pending after it may join it before the next attempt, up to `upstream.batch`:
     /// a batch as read (not a half of a refused one) that no endpoint can have taken yet
@@ -80,6 +79,10 @@ struct Batch {
 }
 
 impl Batch {
+    fn replay(&self) -> bool {
+        self.priority.is_none()
+    }
+
     fn post(&self, content_type: &'static str) -> Post {
         let mut body = Vec::with_capacity(self.items.iter().map(|i| i.payload.len() + 1).sum());
         encode::json_array(self.items.iter().map(|i| &i.payload), &mut body);
@@ -88,7 +91,7 @@ impl Batch {
             content_type,
             idempotency_key: answer::idempotency_key(
                 self.items.iter().map(|i| i.id.as_str()),
-                self.replay,
+                self.replay(),
             ),
         }
     }
@@ -101,7 +104,6 @@ impl Batch {
         let right = Batch {
             paid: right.len(),
             items: right,
-            replay: self.replay,
             priority: self.priority,
             may_grow: false,
         };
@@ -268,7 +270,7 @@ impl HttpUpstream {
                         up = Some(true);
                         last_why.clear();
                     }
-                    if !batch.replay {
+                    if !batch.replay() {
                         self.status.add_delivered(batch.items.len() as u64);
                         let seqs = batch.items.iter().map(|i| i.seq).collect();
                         if self.writer.ack(seqs).await.is_err() {
@@ -330,7 +332,7 @@ impl HttpUpstream {
                         continue;
                     };
                     let why = format!("refused by {}: {why}", self.url());
-                    if batch.replay {
+                    if batch.replay() {
                         tracing::warn!(
                             "replay: event {} (buffer row {}) {why}; skipped",
                             item.id,
@@ -375,7 +377,6 @@ impl HttpUpstream {
                 }
                 return Ok(Some(Batch {
                     items,
-                    replay: false,
                     priority: Some(priority),
                     may_grow: true,
                     paid: 0,
@@ -404,7 +405,6 @@ impl HttpUpstream {
         let items = self.items(rows, true)?;
         Ok((!items.is_empty()).then_some(Batch {
             items,
-            replay: true,
             priority: None,
             may_grow: false,
             paid: 0,
