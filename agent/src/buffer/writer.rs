@@ -383,8 +383,9 @@ fn gather(
     }
 }
 
-/// The events a group acknowledges or forgets, if that is all it does; `usize::MAX` if it
-/// does anything else (stores a reading, sets aside, answers a ping, ticks).
+/// The events a group acknowledges or forgets, if that is all it does (0: it only wakes the
+/// writer); `usize::MAX` if it does anything else (stores a reading, sets aside, answers a
+/// ping, ticks).
 fn settles_only(group: &[Command]) -> usize {
     let mut n = 0;
     for cmd in group {
@@ -409,7 +410,13 @@ impl Writer {
         while let Some(first) = rx.blocking_recv() {
             group.push(first);
             gather(&mut group, &mut rx, &mut acks, max_group);
-            if settles_only(&group) < ACK_LINGER_MAX {
+            let settles = settles_only(&group);
+            if settles == 0 {
+                // Only wake-ups whose settlements an earlier group took: nothing to commit.
+                group.clear();
+                continue;
+            }
+            if settles < ACK_LINGER_MAX {
                 // Only acknowledgements (and receipts to forget): they need no hurry (one lost
                 // in a crash means a resend), and readings that arrive meanwhile share the
                 // commit, so one fsync serves both.
