@@ -430,3 +430,54 @@ fn check_config_refuses_plain_http_beyond_loopback_and_cbor_over_http() -> Resul
     ensure!(code == 0, "plain http to loopback refused: {out}{err}");
     Ok(())
 }
+
+#[test]
+fn a_full_disk_while_delivering_over_http_is_reported_and_every_reading_arrives_once_in_order(
+) -> Result<()> {
+    const N: usize = 300;
+    let mut endpoint = Endpoint::new(None)?;
+    endpoint.start()?;
+    let disk_dir = tempfile::tempdir()?;
+    let _disk = edge_tests::SmallDisk::mount(disk_dir.path(), "4m")?;
+    let buffer = disk_dir.path().join("buffer.redb");
+    let mut pty = Pty::open()?;
+    let text = agent_config(
+        &format!("url = \"{}\"", endpoint.url()),
+        &serial_source(&pty),
+        "",
+    )
+    .replace("{dir}/buffer.redb", &buffer.display().to_string());
+    let agent = Agent::start(&text)?;
+    agent.wait_source("scanner-pack-01", "open")?;
+    write_scans(&mut pty, 0..1)?;
+    endpoint.wait_delivered(1, &agent)?;
+
+    let filler = disk_dir.path().join("filler");
+    edge_tests::fill(&filler)?;
+    write_scans(&mut pty, 1..N + 1)?;
+    let status = wait_for("the storage error in status", DEADLINE, || {
+        let s = agent.status().ok()?;
+        s["storage"]["error"].as_str().is_some().then_some(s)
+    })
+    .map_err(|e| anyhow!("{e}\n{}", agent.log()))?;
+    let err = status["storage"]["error"].as_str().unwrap_or_default();
+    ensure!(
+        err.contains("df") || err.contains("space"),
+        "the error says what to check: {err}"
+    );
+
+    // The operator frees space: the agent stores what it held and delivers it.
+    std::fs::remove_file(&filler)?;
+    let events = endpoint.wait_delivered(N + 1, &agent)?;
+    check_scans(&events, N + 1)?;
+    wait_for(
+        "the backlog to empty and the error to clear",
+        DEADLINE,
+        || {
+            let s = agent.status().ok()?;
+            (s["backlog"] == 0 && s["storage"]["error"].is_null()).then_some(())
+        },
+    )
+    .map_err(|e| anyhow!("{e}\n{}", agent.log()))?;
+    Ok(())
+}
