@@ -29,6 +29,11 @@
 //!   difference is the reconnect: the bridge retries about every 2 s, the agent backs off
 //!   0.5-30 s with jitter).
 //!
+//! CPU is the whole machine's busy time during the phase (`/proc/stat`: every process and the
+//! kernel, both cores), the same window as the time; per round also the agent's own (or the
+//! bridging site mosquitto's) from `/proc/PID/stat`. Central's output is only timestamped while
+//! the phase runs and parsed after it, so the measuring does not take CPU from what it measures.
+//!
 //! Peak RSS is VmHWM of the agent process, and of the site mosquitto for the bridge side (the
 //! worst round). Duplicates: readings received more than once at central (agent: also how many
 //! of them carried an `id` already seen, i.e. upstream resent them).
@@ -75,6 +80,10 @@ struct Phase {
     publish_secs: f64,
     /// VmHWM after the phase, KiB.
     peak_kib: u64,
+    /// CPU seconds the whole machine spent in the phase (every process, kernel included).
+    machine_cpu: f64,
+    /// CPU seconds of the agent (agent side) or the bridging site mosquitto (bridge side).
+    own_cpu: f64,
     dupes: u64,
     dupe_ids: u64,
 }
@@ -133,9 +142,17 @@ fn spawn_client(cmd: &mut Command, what: &'static str) -> Result<Child> {
     })
 }
 
-/// What central's subscriber saw.
+/// What central's subscriber saw. The reader thread only keeps each line with its arrival
+/// time and counts events cheaply; lines are parsed once the count says all may be there, so
+/// that parsing the agent's JSON events does not take CPU from the processes being measured
+/// (the bridge side's lines are the bare readings).
 #[derive(Default)]
 struct Seen {
+    lines: Vec<(Instant, String)>,
+    /// Events in `lines` (an array counts each of its events), duplicates included.
+    arrived: usize,
+    /// `lines[..parsed]` are in the fields below.
+    parsed: usize,
     readings: HashSet<String>,
     ids: HashSet<String>,
     total: u64,
@@ -147,7 +164,75 @@ struct Seen {
     probes: u64,
     first: Option<Instant>,
     last_new: Option<Instant>,
-    last_any: Option<Instant>,
+}
+
+impl Seen {
+    /// Events in one line: one per `"kind":` of an agent event (or array of them), one per
+    /// bridge line.
+    fn count(side: Side, line: &str) -> usize {
+        match side {
+            Side::Bridge => 1,
+            Side::Agent => line.matches("\"kind\":").count().max(1),
+        }
+    }
+
+    /// Parses the lines that arrived since the last call.
+    fn digest(&mut self, side: Side, want: &str) {
+        let lines = std::mem::take(&mut self.lines);
+        for (at, line) in &lines[self.parsed..] {
+            self.take(side, want, *at, line);
+        }
+        self.parsed = lines.len();
+        self.lines = lines;
+    }
+
+    fn take(&mut self, side: Side, want: &str, now: Instant, line: &str) {
+        // One message: a reading (bridge), an event, or an array of events (`upstream.batch`).
+        let found: Vec<(Option<String>, Option<String>)> = match side {
+            Side::Bridge => vec![(Some(line.to_string()), None)],
+            Side::Agent => {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or(serde_json::Value::Null);
+                let events = match v {
+                    serde_json::Value::Array(a) => a,
+                    one => vec![one],
+                };
+                events
+                    .iter()
+                    .map(|v| {
+                        let raw = v["raw"]
+                            .as_str()
+                            .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok());
+                        let ok = v["kind"] == "shipment.scan";
+                        (
+                            raw.filter(|_| ok)
+                                .map(|r| String::from_utf8_lossy(&r).into_owned()),
+                            v["id"].as_str().map(str::to_string),
+                        )
+                    })
+                    .collect()
+            }
+        };
+        for (reading, id) in found {
+            self.total += 1;
+            match reading {
+                Some(r) if r.starts_with(want) => {
+                    self.first.get_or_insert(now);
+                    if self.readings.insert(r) {
+                        self.last_new = Some(now);
+                    } else {
+                        self.dupes += 1;
+                    }
+                    if let Some(id) = id {
+                        if !self.ids.insert(id) {
+                            self.dupe_ids += 1;
+                        }
+                    }
+                }
+                _ => self.strays += 1,
+            }
+        }
+    }
 }
 
 /// `mosquitto_sub -q 1 -c` at central, counting this phase's readings.
@@ -155,6 +240,8 @@ struct Sub {
     seen: Arc<Mutex<Seen>>,
     child: Guard,
     stderr: PathBuf,
+    side: Side,
+    want: String,
 }
 
 impl Sub {
@@ -176,7 +263,6 @@ impl Sub {
         let out = child.stdout.take().context("mosquitto_sub's stdout")?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let s = seen.clone();
-        let want = prefix(tag);
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
                 let Ok(line) = line else { break };
@@ -186,59 +272,16 @@ impl Sub {
                     g.probes += 1;
                     continue;
                 }
-                // One message: a reading (bridge), an event, or an array of events
-                // (`upstream.batch`).
-                let found: Vec<(Option<String>, Option<String>)> = match side {
-                    Side::Bridge => vec![(Some(line), None)],
-                    Side::Agent => {
-                        let v: serde_json::Value =
-                            serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
-                        let events = match v {
-                            serde_json::Value::Array(a) => a,
-                            one => vec![one],
-                        };
-                        events
-                            .iter()
-                            .map(|v| {
-                                let raw = v["raw"].as_str().and_then(|r| {
-                                    base64::engine::general_purpose::STANDARD.decode(r).ok()
-                                });
-                                let ok = v["kind"] == "shipment.scan";
-                                (
-                                    raw.filter(|_| ok)
-                                        .map(|r| String::from_utf8_lossy(&r).into_owned()),
-                                    v["id"].as_str().map(str::to_string),
-                                )
-                            })
-                            .collect()
-                    }
-                };
-                for (reading, id) in found {
-                    g.total += 1;
-                    g.last_any = Some(now);
-                    match reading {
-                        Some(r) if r.starts_with(&want) => {
-                            g.first.get_or_insert(now);
-                            if g.readings.insert(r) {
-                                g.last_new = Some(now);
-                            } else {
-                                g.dupes += 1;
-                            }
-                            if let Some(id) = id {
-                                if !g.ids.insert(id) {
-                                    g.dupe_ids += 1;
-                                }
-                            }
-                        }
-                        _ => g.strays += 1,
-                    }
-                }
+                g.arrived += Seen::count(side, &line);
+                g.lines.push((now, line));
             }
         });
         Ok(Sub {
             seen,
             child: Guard(Some(child), "mosquitto_sub"),
             stderr,
+            side,
+            want: prefix(tag),
         })
     }
 
@@ -273,23 +316,29 @@ impl Sub {
     }
 
     /// Waits until all `n` readings arrived (failing if none came for 60 s), then a moment
-    /// more for late duplicates. Returns (first, last new) arrival.
-    fn wait_all(&self, n: usize, what: &str) -> Result<(Instant, Instant)> {
+    /// more for late duplicates. Returns (first, last new) arrival, and the CPU counters read
+    /// as soon as every reading had arrived (before parsing them).
+    fn wait_all(&self, n: usize, what: &str, pid: u32) -> Result<(Instant, Instant, Cpu)> {
         let mut count = 0;
         let mut progress = Instant::now();
-        loop {
+        let cpu = loop {
             {
-                let g = self.seen.lock().map_err(|_| anyhow!("poisoned"))?;
-                if g.readings.len() >= n {
-                    break;
+                let mut g = self.seen.lock().map_err(|_| anyhow!("poisoned"))?;
+                if g.arrived >= n {
+                    let cpu = Cpu::now(pid);
+                    g.digest(self.side, &self.want);
+                    if g.readings.len() >= n {
+                        break cpu;
+                    }
                 }
-                if g.readings.len() > count {
-                    count = g.readings.len();
+                if g.arrived > count {
+                    count = g.arrived;
                     progress = Instant::now();
                 }
             }
             if progress.elapsed() > Duration::from_secs(60) {
-                let g = self.seen.lock().map_err(|_| anyhow!("poisoned"))?;
+                let mut g = self.seen.lock().map_err(|_| anyhow!("poisoned"))?;
+                g.digest(self.side, &self.want);
                 bail!(
                     "{what}: central received {} of {n} readings ({} messages, {} strays) and nothing new for 60 s; mosquitto_sub: {}",
                     g.readings.len(),
@@ -299,9 +348,10 @@ impl Sub {
                 );
             }
             std::thread::sleep(Duration::from_millis(10));
-        }
+        };
         std::thread::sleep(Duration::from_millis(500));
-        let g = self.seen.lock().map_err(|_| anyhow!("poisoned"))?;
+        let mut g = self.seen.lock().map_err(|_| anyhow!("poisoned"))?;
+        g.digest(self.side, &self.want);
         if g.strays > 0 {
             eprintln!(
                 "  {what}: {} messages at central were not this phase's readings",
@@ -311,6 +361,7 @@ impl Sub {
         Ok((
             g.first.context("no first arrival")?,
             g.last_new.context("no last arrival")?,
+            cpu,
         ))
     }
 
@@ -321,22 +372,25 @@ impl Sub {
             .unwrap_or_default()
     }
 
-    /// Waits for all `n` readings and measures the phase that started at `t0`; stops.
+    /// Waits for all `n` readings and measures the phase that started at `t0` (with the CPU
+    /// counters `cpu0` read then); stops.
     fn finish(
         self,
         n: usize,
         what: &str,
-        t0: Instant,
+        (t0, cpu0): (Instant, Cpu),
         publish_secs: f64,
         pid: u32,
     ) -> Result<Phase> {
-        let (first, last) = self.wait_all(n, what)?;
+        let (first, last, cpu) = self.wait_all(n, what, pid)?;
         let (dupes, dupe_ids) = self.counts();
         let phase = Phase {
             secs: (last - t0).as_secs_f64(),
             drain_secs: (last - first).as_secs_f64(),
             publish_secs,
             peak_kib: hwm_kib(pid),
+            machine_cpu: cpu.machine - cpu0.machine,
+            own_cpu: cpu.own - cpu0.own,
             dupes,
             dupe_ids,
         };
@@ -484,6 +538,57 @@ fn hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU counters: the whole machine's busy time and one process's, in seconds.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    machine: f64,
+    own: f64,
+}
+
+/// `/proc` counts CPU time in USER_HZ ticks, 100 per second on Linux whatever the kernel's HZ.
+const USER_HZ: f64 = 100.0;
+
+impl Cpu {
+    fn now(pid: u32) -> Cpu {
+        Cpu {
+            machine: machine_busy_secs(),
+            own: process_cpu_secs(pid),
+        }
+    }
+}
+
+/// Busy CPU seconds of all CPUs since boot: `/proc/stat`'s `cpu` line less idle and iowait.
+fn machine_busy_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (ticks.iter().sum::<u64>() - idle) as f64 / USER_HZ
+}
+
+/// User and system CPU seconds of a process (all its threads), from `/proc/PID/stat`.
+fn process_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name in parentheses: fields 3.. ; utime and stime are 14 and 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / USER_HZ
+}
+
 /// The site mosquitto's `$SYS/broker/store/messages/count` (published every second).
 fn store_count(port: u16) -> Option<u64> {
     let out = Command::new("mosquitto_sub")
@@ -605,7 +710,7 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
     // Live.
     let sub = Sub::start(central.port, side, &sub_id, live_tag, dir.path())?;
     sub.wait_subscribed(central.port)?;
-    let t0 = Instant::now();
+    let t0 = (Instant::now(), Cpu::now(pid));
     let publish_secs = flood(site.port, &live_file, dir.path())?;
     let live = sub.finish(n, &what("live"), t0, publish_secs, pid)?;
     if let Some(a) = agent.as_mut() {
@@ -632,7 +737,7 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
             .map_err(|e| anyhow!("{e}; last count {last:?}"))?;
         }
     }
-    let t0 = Instant::now();
+    let t0 = (Instant::now(), Cpu::now(pid));
     central.restart().context("restarting central")?;
     let sub = Sub::start(central.port, side, &sub_id, backlog_tag, dir.path())?;
     let backlog = sub.finish(n, &what("backlog"), t0, publish_secs, pid)?;
@@ -642,7 +747,7 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
 fn print_round(side: Side, r: usize, n: usize, live: &Phase, backlog: &Phase) {
     for (name, p) in [("live", live), ("backlog", backlog)] {
         println!(
-            "  round {} {:<6} {:<7} {:>7.2} s  {:>7.0} events/s  drain {:>6.2} s ({:>6.0}/s)  publish {:>5.2} s  peak RSS {:>5.1} MiB  dupes {}",
+            "  round {} {:<6} {:<7} {:>7.2} s  {:>7.0} events/s  drain {:>6.2} s ({:>6.0}/s)  publish {:>5.2} s  CPU {:>5.2} s ({} {:>4.2} s)  peak RSS {:>5.1} MiB  dupes {}",
             r + 1,
             side.name(),
             name,
@@ -651,9 +756,20 @@ fn print_round(side: Side, r: usize, n: usize, live: &Phase, backlog: &Phase) {
             p.drain_secs,
             n as f64 / p.drain_secs,
             p.publish_secs,
+            p.machine_cpu,
+            own_name(side),
+            p.own_cpu,
             p.peak_kib as f64 / 1024.0,
             p.dupes
         );
+    }
+}
+
+/// Whose CPU the "own" figure is.
+fn own_name(side: Side) -> &'static str {
+    match side {
+        Side::Bridge => "site",
+        Side::Agent => "agent",
     }
 }
 
@@ -669,6 +785,11 @@ fn best(rounds: &[(Phase, Phase)]) -> (Phase, Phase) {
                 .map(|p| p.publish_secs)
                 .fold(f64::MAX, f64::min),
             peak_kib: phases.iter().map(|p| p.peak_kib).max().unwrap_or(0),
+            machine_cpu: phases
+                .iter()
+                .map(|p| p.machine_cpu)
+                .fold(f64::MAX, f64::min),
+            own_cpu: phases.iter().map(|p| p.own_cpu).fold(f64::MAX, f64::min),
             dupes: phases.iter().map(|p| p.dupes).sum(),
             dupe_ids: phases.iter().map(|p| p.dupe_ids).sum(),
         }
@@ -717,21 +838,32 @@ fn main() -> Result<()> {
         "best of {rounds} round(s), {n} readings; backlog: from central's restart (drain: from the first reading received)"
     );
     println!(
-        "{:<7} {:<8} {:>9} {:>10} {:>9} {:>10} {:>13} {:>7}",
-        "side", "phase", "seconds", "events/s", "drain s", "drain ev/s", "peak RSS MiB", "dupes"
+        "{:<7} {:<8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>10} {:>13} {:>7}",
+        "side",
+        "phase",
+        "seconds",
+        "events/s",
+        "drain s",
+        "drain ev/s",
+        "CPU s",
+        "CPU us/ev",
+        "peak RSS MiB",
+        "dupes"
     );
     let mut best_of = Vec::new();
     for (side, got) in &results {
         let (live, backlog) = best(got);
         for (name, p) in [("live", &live), ("backlog", &backlog)] {
             println!(
-                "{:<7} {:<8} {:>9.2} {:>10.0} {:>9.2} {:>10.0} {:>13.1} {:>7}",
+                "{:<7} {:<8} {:>9.2} {:>10.0} {:>9.2} {:>10.0} {:>9.2} {:>10.1} {:>13.1} {:>7}",
                 side.name(),
                 name,
                 p.secs,
                 n as f64 / p.secs,
                 p.drain_secs,
                 n as f64 / p.drain_secs,
+                p.machine_cpu,
+                p.machine_cpu * 1e6 / n as f64,
                 p.peak_kib as f64 / 1024.0,
                 if *side == Side::Agent {
                     format!("{} ({} same id)", p.dupes, p.dupe_ids)
@@ -748,6 +880,13 @@ fn main() -> Result<()> {
         a.0.secs / b.0.secs,
         a.1.secs / b.1.secs,
         a.1.drain_secs / b.1.drain_secs
+    );
+    println!(
+        "CPU (whole machine) ratio agent/bridge: live {:.2}, backlog {:.2}; the agent's own CPU per reading: live {:.1} us, backlog {:.1} us",
+        a.0.machine_cpu / b.0.machine_cpu,
+        a.1.machine_cpu / b.1.machine_cpu,
+        a.0.own_cpu * 1e6 / n as f64,
+        a.1.own_cpu * 1e6 / n as f64
     );
     Ok(())
 }
