@@ -378,12 +378,27 @@ impl MqttSource {
             let (verdict, broke) = receipts.arrive(p.pkid, p.dup, &d);
 
             if let Some(b) = broke {
+                receipts.breaks += 1;
+                let cause = match b.skipped() {
+                    Some(n) => format!(
+                        "; {n} ids were skipped, as mosquitto does when it drops messages it queued for this client: check the site broker's log, and raise its max_queued_messages (default 1000)"
+                    ),
+                    None => String::new(),
+                };
                 let why = format!(
-                    "site broker {} does not give out packet identifiers in sequence (expected {}, got {}), so a message it sends again cannot be told from an equal new one: redelivered messages are stored again (after a crash up to receive_maximum = {} readings may be stored twice, with new ids)",
+                    "site broker {} does not give out packet identifiers in sequence (expected {}, got {}{cause}), so a message it sends again cannot be told from an equal new one: redelivered messages are stored again (after a crash up to receive_maximum = {} readings may be stored twice, with new ids)",
                     self.url, b.expected, b.got, self.receive_maximum
                 );
-                tracing::warn!(source = %self.id, "{why}");
-                receipts.note = Some(why);
+                if receipts.breaks == 1 {
+                    tracing::warn!(source = %self.id, "{why}");
+                } else {
+                    // Once is enough in the log; status keeps the latest, with the count.
+                    tracing::debug!(source = %self.id, "{why}");
+                }
+                receipts.note = Some(match receipts.breaks {
+                    1 => why,
+                    n => format!("{why} ({n} times since start)"),
+                });
                 receipts.noted = true;
             }
             if !p.dup && flow.redelivered > flow.redelivered_told {

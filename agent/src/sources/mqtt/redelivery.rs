@@ -82,6 +82,16 @@ pub struct OutOfSequence {
     pub got: u16,
 }
 
+impl OutOfSequence {
+    /// The id is ahead of the expected one by a little: the broker allocated ids for messages
+    /// it never sent us, which is what mosquitto does when it drops messages queued for a
+    /// client beyond its `max_queued_messages`.
+    pub fn skipped(&self) -> Option<u16> {
+        let n = steps(self.expected, self.got);
+        (1..=REACH).contains(&n).then_some(n)
+    }
+}
+
 /// One session's receipts (mirroring the buffer's) and what its broker's ids have shown.
 #[derive(Debug, Clone)]
 pub struct Redeliveries {
@@ -92,6 +102,8 @@ pub struct Redeliveries {
     pub note: Option<String>,
     /// `note` changed and is not yet shown.
     pub noted: bool,
+    /// How often the ids broke sequence since start (logged the first time only).
+    pub breaks: u64,
 }
 
 impl Redeliveries {
@@ -102,6 +114,7 @@ impl Redeliveries {
             allocation: stored.allocation,
             note: None,
             noted: false,
+            breaks: 0,
         }
     }
 
@@ -277,6 +290,29 @@ mod tests {
         assert_eq!(r.arrive(1, true, &d).0, Verdict::Store, "not provable");
         // Reported once.
         assert_eq!(r.arrive(9, false, &d).1, None);
+    }
+
+    #[test]
+    fn ids_skipped_forward_are_told_apart_from_an_id_reused() {
+        let skip = OutOfSequence {
+            expected: 10,
+            got: 14,
+        };
+        assert_eq!(skip.skipped(), Some(4), "10..13 allocated and never sent");
+        let round = OutOfSequence {
+            expected: 65_535,
+            got: 2,
+        };
+        assert_eq!(
+            round.skipped(),
+            Some(2),
+            "65,535 and 1 skipped, across the wrap"
+        );
+        let reuse = OutOfSequence {
+            expected: 2,
+            got: 1,
+        };
+        assert_eq!(reuse.skipped(), None, "an earlier id: reused, not skipped");
     }
 
     #[test]
