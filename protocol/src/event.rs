@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod wire_in;
+
 /// The envelope's schema version. A change to any field's meaning needs a new one.
 pub const SCHEMA: &str = "edge.v1";
 
@@ -317,24 +319,6 @@ struct WireOut<'a, R: Serialize> {
     replayed: bool,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WireIn<R, B> {
-    schema: String,
-    id: String,
-    site: String,
-    seq: u64,
-    source: String,
-    station: Option<String>,
-    role: Option<Role>,
-    observed_at: String,
-    kind: Kind,
-    body: B,
-    raw: R,
-    #[serde(default)]
-    replayed: bool,
-}
-
 /// Why bytes could not be read back as an envelope.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -382,65 +366,31 @@ impl Envelope {
 
     pub fn from_json(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         use base64::Engine as _;
-        let w: WireIn<String, serde_json::Value> =
-            serde_json::from_slice(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let wire_in::Read(w, _) =
+            serde_json::from_slice::<wire_in::Read<String, serde_json::Value>>(bytes)
+                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
         let raw = base64::engine::general_purpose::STANDARD
             .decode(&w.raw)
             .map_err(|e| DecodeError::Raw(e.to_string()))?;
-        let body = body_from(w.kind, |k| match k {
-            Kind::ShipmentScan => serde_json::from_value(w.body.clone()).map(Body::ShipmentScan),
-            Kind::InventoryScan => serde_json::from_value(w.body.clone()).map(Body::InventoryScan),
-            Kind::ShipmentWeight => {
-                serde_json::from_value(w.body.clone()).map(Body::ShipmentWeight)
-            }
-            Kind::ShipmentSort => serde_json::from_value(w.body.clone()).map(Body::ShipmentSort),
-            Kind::EquipmentState => {
-                serde_json::from_value(w.body.clone()).map(Body::EquipmentState)
-            }
-            Kind::Exception => serde_json::from_value(w.body.clone()).map(Body::Exception),
-        })?;
-        finish(w, raw, body)
+        finish(w, raw)
     }
 
     pub fn from_cbor(bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let w: WireIn<serde_bytes_buf::ByteBuf, ciborium::Value> =
-            ciborium::from_reader(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        let body = body_from(w.kind, |k| match k {
-            Kind::ShipmentScan => w.body.deserialized().map(Body::ShipmentScan),
-            Kind::InventoryScan => w.body.deserialized().map(Body::InventoryScan),
-            Kind::ShipmentWeight => w.body.deserialized().map(Body::ShipmentWeight),
-            Kind::ShipmentSort => w.body.deserialized().map(Body::ShipmentSort),
-            Kind::EquipmentState => w.body.deserialized().map(Body::EquipmentState),
-            Kind::Exception => w.body.deserialized().map(Body::Exception),
-        })?;
-        let raw = w.raw.0.clone();
-        finish(w, raw, body)
+        let wire_in::Read(mut w, _) = ciborium::from_reader::<
+            wire_in::Read<serde_bytes_buf::ByteBuf, ciborium::Value>,
+            _,
+        >(bytes)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let raw = std::mem::take(&mut w.raw.0);
+        finish(w, raw)
     }
 }
 
-fn body_from<E: fmt::Display>(
-    kind: Kind,
-    f: impl FnOnce(Kind) -> Result<Body, E>,
-) -> Result<Body, DecodeError> {
-    f(kind).map_err(|e| DecodeError::Malformed(format!("body of {kind}: {e}")))
-}
-
-fn finish<R, B>(w: WireIn<R, B>, raw: Vec<u8>, body: Body) -> Result<Envelope, DecodeError> {
+fn finish<R>(w: wire_in::WireIn<R>, raw: Vec<u8>) -> Result<Envelope, DecodeError> {
     if w.schema != SCHEMA {
         return Err(DecodeError::Schema(w.schema));
     }
-    Ok(Envelope {
-        id: w.id,
-        site: w.site,
-        seq: w.seq,
-        source: w.source,
-        station: w.station,
-        role: w.role,
-        observed_at: w.observed_at,
-        body,
-        raw,
-        replayed: w.replayed,
-    })
+    Ok(Envelope { raw, ..w.envelope })
 }
 
 /// Serializes as a CBOR byte string (serde's `serialize_bytes`).
@@ -627,5 +577,107 @@ mod tests {
             Envelope::from_json(text.as_bytes()),
             Err(DecodeError::Schema(_))
         ));
+    }
+
+    /// The envelope's fields as a JSON object, to reorder or change before encoding.
+    fn fields(e: &Envelope) -> serde_json::Map<String, serde_json::Value> {
+        match serde_json::from_slice(&e.to_json()) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+
+    /// The same fields as CBOR, raw as a byte string, in the map's order.
+    fn to_cbor_map(m: &serde_json::Map<String, serde_json::Value>, raw: &[u8]) -> Vec<u8> {
+        let entries = m
+            .iter()
+            .map(|(k, v)| {
+                let v = if k == "raw" {
+                    ciborium::Value::Bytes(raw.to_vec())
+                } else {
+                    ciborium::Value::serialized(v).unwrap_or(ciborium::Value::Null)
+                };
+                (ciborium::Value::Text(k.clone()), v)
+            })
+            .collect();
+        let mut out = Vec::new();
+        let _ = ciborium::into_writer(&ciborium::Value::Map(entries), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_body_before_its_kind_is_read_in_either_format() {
+        for body in bodies() {
+            let e = sample(body);
+            let m = fields(&e);
+            // body first, kind last: the order another writer may choose.
+            let mut reordered = serde_json::Map::new();
+            reordered.insert("body".into(), m["body"].clone());
+            for (k, v) in m.iter().filter(|(k, _)| *k != "body" && *k != "kind") {
+                reordered.insert(k.clone(), v.clone());
+            }
+            reordered.insert("kind".into(), m["kind"].clone());
+            let json = serde_json::to_vec(&reordered).unwrap_or_default();
+            assert_eq!(Envelope::from_json(&json).ok(), Some(e.clone()));
+            let cbor = to_cbor_map(&reordered, &e.raw);
+            assert_eq!(Envelope::from_cbor(&cbor).ok(), Some(e.clone()));
+        }
+    }
+
+    #[test]
+    fn unknown_repeated_missing_and_mistyped_fields_are_refused() {
+        let e = sample(bodies().remove(0));
+        let m = fields(&e);
+        let refused = |m: &serde_json::Map<String, serde_json::Value>, what: &str| {
+            let json = serde_json::to_vec(m).unwrap_or_default();
+            let j = Envelope::from_json(&json);
+            assert!(matches!(j, Err(DecodeError::Malformed(_))), "{what}: {j:?}");
+            let c = Envelope::from_cbor(&to_cbor_map(m, &e.raw));
+            assert!(matches!(c, Err(DecodeError::Malformed(_))), "{what}: {c:?}");
+            c.err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let mut extra = m.clone();
+        extra.insert("colour".into(), "red".into());
+        assert!(refused(&extra, "unknown field").contains("colour"));
+        for field in ["id", "kind", "body", "raw", "observed_at"] {
+            let mut less = m.clone();
+            less.remove(field);
+            assert!(
+                refused(&less, field).contains(field),
+                "the error names {field}"
+            );
+        }
+        let mut wrong = m.clone();
+        wrong.insert("body".into(), serde_json::json!({"code": 5}));
+        assert!(refused(&wrong, "mistyped body").contains("body of shipment.scan"));
+        // A repeated key (serde_json's Map cannot hold one: CBOR by hand).
+        let mut cbor = to_cbor_map(&m, &e.raw);
+        let n = m.len() as u8;
+        cbor[0] = 0xa0 + n + 1; // one entry more, small map header
+        let mut again = Vec::new();
+        let _ = ciborium::into_writer(&"seq", &mut again);
+        let _ = ciborium::into_writer(&9u64, &mut again);
+        cbor.extend(again);
+        let c = Envelope::from_cbor(&cbor);
+        assert!(
+            c.as_ref()
+                .is_err_and(|e| e.to_string().contains("duplicate field")),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn absent_optional_fields_read_as_none_and_false() {
+        let mut e = sample(bodies().remove(0));
+        e.station = None;
+        e.role = None;
+        let mut m = fields(&e);
+        m.remove("station");
+        m.remove("role");
+        assert_eq!(
+            Envelope::from_json(&serde_json::to_vec(&m).unwrap_or_default()).ok(),
+            Some(e.clone())
+        );
+        assert_eq!(Envelope::from_cbor(&to_cbor_map(&m, &e.raw)).ok(), Some(e));
     }
 }
