@@ -70,6 +70,7 @@
 mod crash_tests;
 mod receipts;
 mod store;
+mod tail;
 mod writer;
 
 pub use receipts::{Allocation, Digest, Forget, Receipt, Stored as StoredReceipts};

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{TableDefinition, WriteTransaction};
 
 use super::StoreError;
 
@@ -104,11 +104,15 @@ pub(super) fn apply(
                 pkid,
                 digest,
             } => {
-                let same = receipts
-                    .get((session.as_ref(), *pkid))?
-                    .is_some_and(|v| v.value() == digest.as_slice());
-                if same {
-                    receipts.remove((session.as_ref(), *pkid))?;
+                // One lookup in the usual case: remove, and put back a receipt that is not
+                // this message's (a newer message under the same id).
+                let key = (session.as_ref(), *pkid);
+                let other = receipts
+                    .remove(key)?
+                    .filter(|v| v.value() != digest.as_slice())
+                    .map(|v| v.value().to_vec());
+                if let Some(v) = other {
+                    receipts.insert(key, v.as_slice())?;
                 }
             }
             Forget::Session(session) => {

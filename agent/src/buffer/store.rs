@@ -195,6 +195,9 @@ pub struct PendingRow {
     pub observed_ms: u64,
     /// The CBOR envelope.
     pub cbor: Vec<u8>,
+    /// The same envelope decoded, when the writer handed it on in memory (`tail`); `None`
+    /// when read from the file.
+    pub env: Option<Box<edge_protocol::Envelope>>,
 }
 
 /// Counts for status and `inspect`.
@@ -544,6 +547,7 @@ impl Store {
                 seq,
                 observed_ms,
                 cbor: cbor.to_vec(),
+                env: None,
             });
         }
         Ok(out)
@@ -603,6 +607,7 @@ impl Store {
                 seq,
                 observed_ms,
                 cbor: cbor.to_vec(),
+                env: None,
             });
         }
         Ok((out, next))
@@ -891,6 +896,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let s = Store::open(&dir.path().join("sub/buffer.redb")).unwrap_or_else(|e| panic!("{e}"));
         (dir, s)
+    }
+
+    #[test]
+    fn a_receipt_is_forgotten_only_with_its_own_digest() {
+        use super::super::receipts::{Allocation, Forget, Receipt};
+        let (_dir, s) = store();
+        let session: Arc<str> = "site-scanner".into();
+        let receipt = |pkid, d: u8| Receipt {
+            session: session.clone(),
+            pkid,
+            digest: [d; 16],
+            allocation: Allocation {
+                last: pkid,
+                sequential: true,
+            },
+        };
+        let commit = |rows: &[NewRow], receipts: &[(usize, Receipt)], forget: &[Forget]| {
+            let settle = Settlement {
+                acked: &[],
+                set_aside: &[],
+                receipts,
+                forget,
+                high: &[],
+            };
+            s.commit_with(rows, &settle, 10, Capacity::unlimited())
+                .unwrap_or_else(|e| panic!("{e}"));
+        };
+        commit(
+            &[row(1, 1, vec![1]), row(2, 2, vec![2])],
+            &[(0, receipt(7, 0xa)), (1, receipt(8, 0xb))],
+            &[],
+        );
+        // 7's forget carries another message's digest (an older one under the same id): the
+        // receipt stays; 8's is its own: gone.
+        let forget = |pkid, d: u8| Forget::One {
+            session: session.clone(),
+            pkid,
+            digest: [d; 16],
+        };
+        commit(&[], &[], &[forget(7, 0xc), forget(8, 0xb)]);
+        let stored = s.receipts(&session).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(stored.receipts.get(&7), Some(&[0xa; 16]));
+        assert_eq!(stored.receipts.get(&8), None);
+        assert_eq!(stored.receipts.len(), 1);
     }
 
     #[test]

@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::receipts::{Forget, Receipt};
-use super::store::{Capacity, CommitOutcome, NewRow, Settlement, Store};
+use super::store::{Capacity, CommitOutcome, NewRow, PendingRow, Settlement, Store};
+use super::tail::Tail;
 use crate::config::Priority;
 use crate::status::StatusBoard;
 use crate::time::{format_rfc3339_ms, now_ms};
@@ -131,6 +132,7 @@ pub struct WriterHandle {
     liveness: Arc<Liveness>,
     /// For reading what sources need back (MQTT receipts).
     store: Store,
+    tail: Arc<Tail>,
 }
 
 /// Whether the writer thread is alive while commits fail: the watchdog's view of a stage that
@@ -272,6 +274,17 @@ impl WriterHandle {
         self.routes.send_replace(Arc::new(routes));
     }
 
+    /// Up to `limit` pending rows of `priority` after seq `after` from memory, if the newest
+    /// commits hold all of them (`None`: read them from the file). See `tail`.
+    pub fn take_committed(
+        &self,
+        priority: Priority,
+        after: u64,
+        limit: usize,
+    ) -> Option<Vec<PendingRow>> {
+        self.tail.take(priority, after, limit)
+    }
+
     /// The routes in effect, updated by [`WriterHandle::set_routes`].
     pub fn routes(&self) -> watch::Receiver<Arc<Routes>> {
         self.routes.subscribe()
@@ -309,8 +322,10 @@ pub fn spawn_writer(
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let liveness = Arc::new(Liveness::default());
     let reader = store.clone();
+    let tail = Arc::new(Tail::new(next_seq));
     let writer = Writer {
         liveness: liveness.clone(),
+        tail: tail.clone(),
         store,
         site,
         next_seq,
@@ -338,6 +353,7 @@ pub fn spawn_writer(
             bytes: Arc::new(tokio::sync::Semaphore::new(QUEUE_BYTES)),
             liveness,
             store: reader,
+            tail,
         },
         join,
     ))
@@ -345,6 +361,8 @@ pub fn spawn_writer(
 
 struct Writer {
     liveness: Arc<Liveness>,
+    /// The rows of each commit, handed to upstream in memory.
+    tail: Arc<Tail>,
     store: Store,
     site: Arc<str>,
     next_seq: u64,
@@ -449,6 +467,7 @@ impl Writer {
         let mut forget = Vec::new();
         let mut receipts = Vec::new();
         let mut high = Vec::new();
+        let mut envs = Vec::new();
         let mut ticked = false;
         let mut seq = self.next_seq;
         for cmd in group.iter_mut() {
@@ -528,7 +547,9 @@ impl Writer {
             if let Some(receipt) = r.receipt.take() {
                 receipts.push((rows.len(), receipt));
             }
-            let cbor = self.envelope(seq, r).to_cbor();
+            let env = self.envelope(seq, r);
+            let cbor = env.to_cbor();
+            envs.push(env);
             rows.push(NewRow {
                 seq,
                 observed_ms,
@@ -624,6 +645,29 @@ impl Writer {
         }
         if outcome.stored > 0 {
             let stored = outcome.skipped..outcome.skipped + outcome.stored;
+            // Before `committed`: upstream, woken by it, finds them in memory.
+            for ((row, env), high) in rows
+                .iter_mut()
+                .zip(envs)
+                .zip(&high)
+                .skip(stored.start)
+                .take(stored.len())
+            {
+                let priority = if *high {
+                    Priority::High
+                } else {
+                    Priority::Normal
+                };
+                self.tail.push(
+                    priority,
+                    PendingRow {
+                        seq: row.seq,
+                        observed_ms: row.observed_ms,
+                        cbor: std::mem::take(&mut row.cbor),
+                        env: Some(Box::new(env)),
+                    },
+                );
+            }
             // Before `committed`: upstream, woken by it, then sees the high rows too.
             if let Some(i) = stored.clone().rev().find(|i| high[*i]) {
                 self.committed_high.send_replace(rows[i].seq);

@@ -677,8 +677,12 @@ impl Upstream {
             // Each row's envelope, decoded once (for its topic, and its payload unless CBOR).
             let mut envs: Vec<Envelope> = Vec::with_capacity(allowed);
             while rows.len() < allowed {
-                let Some(row) = ahead.front() else { break };
-                let env = match Envelope::from_cbor(&row.cbor) {
+                let Some(row) = ahead.front_mut() else { break };
+                let decoded = match row.env.take() {
+                    Some(env) => Ok(*env),
+                    None => Envelope::from_cbor(&row.cbor),
+                };
+                let env = match decoded {
                     Ok(env) => env,
                     Err(e) => {
                         let Some(row) = ahead.pop_front() else {
@@ -697,6 +701,10 @@ impl Upstream {
                 } else {
                     topics.render(&env, true);
                     if topics.next != topics.topic {
+                        // It starts the next batch: keep what was decoded.
+                        if let Some(row) = ahead.front_mut() {
+                            row.env = Some(Box::new(env));
+                        }
                         break;
                     }
                 }
@@ -783,21 +791,25 @@ impl Upstream {
             Priority::Normal => (&mut conn.cursor, &mut conn.caught_up, &mut conn.ahead),
         };
         let after = *cursor;
-        let rows = match tokio::task::spawn_blocking(move || {
-            store.pending_in(priority, after, READ_AHEAD)
-        })
-        .await
-        {
-            Ok(Ok(rows)) => rows,
-            // The buffer is being reopened after a write error (the writer reports it): keep
-            // the connection and look again after the next commit.
-            // High rows are looked for again at the next pass (at least every HEARTBEAT).
-            Ok(Err(e)) => {
-                tracing::debug!("reading the buffer: {e}");
-                *caught_up = priority == Priority::Normal;
-                return Ok(false);
-            }
-            Err(e) => return Err(format!("reading the buffer: {e}")),
+        let from_memory = self.writer.take_committed(priority, after, READ_AHEAD);
+        let rows = match from_memory {
+            Some(rows) => rows,
+            None => match tokio::task::spawn_blocking(move || {
+                store.pending_in(priority, after, READ_AHEAD)
+            })
+            .await
+            {
+                Ok(Ok(rows)) => rows,
+                // The buffer is being reopened after a write error (the writer reports it): keep
+                // the connection and look again after the next commit.
+                // High rows are looked for again at the next pass (at least every HEARTBEAT).
+                Ok(Err(e)) => {
+                    tracing::debug!("reading the buffer: {e}");
+                    *caught_up = priority == Priority::Normal;
+                    return Ok(false);
+                }
+                Err(e) => return Err(format!("reading the buffer: {e}")),
+            },
         };
         if rows.len() < READ_AHEAD {
             *caught_up = true;

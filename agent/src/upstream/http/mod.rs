@@ -466,6 +466,9 @@ impl HttpUpstream {
         after: u64,
         n: usize,
     ) -> Result<Vec<PendingRow>, String> {
+        if let Some(rows) = self.writer.take_committed(priority, after, n) {
+            return Ok(rows);
+        }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.pending_in(priority, after, n)).await {
             Ok(Ok(rows)) => Ok(rows),
@@ -484,8 +487,12 @@ impl HttpUpstream {
     fn items(&self, rows: Vec<PendingRow>, replay: bool) -> Result<Vec<Item>, String> {
         let format = self.config.upstream.format();
         let mut items = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut env = match Envelope::from_cbor(&row.cbor) {
+        for mut row in rows {
+            let decoded = match row.env.take() {
+                Some(env) => Ok(*env),
+                None => Envelope::from_cbor(&row.cbor),
+            };
+            let mut env = match decoded {
                 Ok(env) => env,
                 Err(e) if replay => {
                     tracing::warn!(

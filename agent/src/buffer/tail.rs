@@ -1,0 +1,160 @@
+//! The newest committed rows, handed from the writer to upstream in memory.
+//!
+//! Live, upstream sends what the writer has just committed. Reading it back from the file and
+//! decoding its CBOR again cost about a third of upstream's CPU per event. So after each
+//! commit the writer also puts the stored rows, with their envelopes, here; upstream takes
+//! them from here when it is caught up, and reads the file otherwise (after a start, a
+//! reconnect, or when it fell further behind than the tail holds).
+//!
+//! One tail per priority. Each holds every committed row of its priority with a seq above
+//! `from`, in seq order, without a gap: the writer appends in commit order, and drops the
+//! oldest beyond `TAIL_ROWS`, moving `from` up. A reader whose cursor is at or past `from` can
+//! take from it; one before `from` must read the file, and does so until its cursor passes
+//! `from` (rows read from the file that are still in the tail are dropped from it). Nothing
+//! here is durable and nothing depends on it: the file stays the record, the tail only saves
+//! reading it back.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use super::store::PendingRow;
+use crate::config::Priority;
+
+/// Rows kept per priority, at most (about 1 KiB each with its envelope).
+const TAIL_ROWS: usize = 2048;
+
+#[derive(Default)]
+struct Part {
+    rows: VecDeque<PendingRow>,
+    /// Every committed row of this priority above this seq is in `rows` (or was taken).
+    from: u64,
+}
+
+/// See the module documentation.
+pub struct Tail {
+    normal: Mutex<Part>,
+    high: Mutex<Part>,
+}
+
+impl Tail {
+    /// An empty tail for a buffer whose next row gets `next_seq`.
+    pub fn new(next_seq: u64) -> Tail {
+        let part = || {
+            Mutex::new(Part {
+                rows: VecDeque::new(),
+                from: next_seq.saturating_sub(1),
+            })
+        };
+        Tail {
+            normal: part(),
+            high: part(),
+        }
+    }
+
+    fn part(&self, priority: Priority) -> std::sync::MutexGuard<'_, Part> {
+        match priority {
+            Priority::High => &self.high,
+            Priority::Normal => &self.normal,
+        }
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer: `row` of `priority` is committed (rows come in seq order).
+    pub(super) fn push(&self, priority: Priority, row: PendingRow) {
+        let mut part = self.part(priority);
+        // A reader that read this row from the file already moved `from` past it.
+        if row.seq <= part.from {
+            return;
+        }
+        if part.rows.len() >= TAIL_ROWS {
+            if let Some(old) = part.rows.pop_front() {
+                part.from = old.seq;
+            }
+        }
+        part.rows.push_back(row);
+    }
+
+    /// Up to `limit` pending rows of `priority` after seq `after`, if the tail has all of
+    /// them (`None`: read the file). `Some` of fewer than `limit`: that is all committed.
+    pub fn take(&self, priority: Priority, after: u64, limit: usize) -> Option<Vec<PendingRow>> {
+        let mut part = self.part(priority);
+        if after < part.from {
+            return None;
+        }
+        while part.rows.front().is_some_and(|r| r.seq <= after) {
+            part.rows.pop_front();
+        }
+        part.from = after;
+        let n = limit.min(part.rows.len());
+        let rows: Vec<PendingRow> = part.rows.drain(..n).collect();
+        if let Some(last) = rows.last() {
+            part.from = last.seq;
+        }
+        Some(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seq: u64) -> PendingRow {
+        PendingRow {
+            seq,
+            observed_ms: seq,
+            cbor: vec![seq as u8],
+            env: None,
+        }
+    }
+
+    fn seqs(rows: Option<Vec<PendingRow>>) -> Option<Vec<u64>> {
+        rows.map(|r| r.iter().map(|r| r.seq).collect())
+    }
+
+    #[test]
+    fn a_reader_at_the_tail_takes_in_order_and_one_behind_it_reads_the_file() {
+        let t = Tail::new(11); // rows 1..=10 are in the file from before
+        for s in 11..=14 {
+            t.push(Priority::Normal, row(s));
+        }
+        assert_eq!(
+            seqs(t.take(Priority::Normal, 0, 100)),
+            None,
+            "behind: the file"
+        );
+        assert_eq!(seqs(t.take(Priority::Normal, 10, 2)), Some(vec![11, 12]));
+        assert_eq!(seqs(t.take(Priority::Normal, 12, 100)), Some(vec![13, 14]));
+        assert_eq!(seqs(t.take(Priority::Normal, 14, 100)), Some(vec![]));
+        assert_eq!(seqs(t.take(Priority::High, 10, 100)), Some(vec![]), "apart");
+        // A reconnect starts over from the file.
+        assert_eq!(seqs(t.take(Priority::Normal, 0, 100)), None);
+    }
+
+    #[test]
+    fn a_reader_that_read_past_the_tail_in_the_file_skips_what_it_has() {
+        let t = Tail::new(1);
+        for s in 1..=5 {
+            t.push(Priority::Normal, row(s));
+        }
+        // The reader read 1..=3 from the file: those leave the tail.
+        assert_eq!(seqs(t.take(Priority::Normal, 3, 100)), Some(vec![4, 5]));
+        // A row the reader read from the file before the writer put it here is not kept.
+        let t = Tail::new(1);
+        assert_eq!(seqs(t.take(Priority::Normal, 7, 100)), Some(vec![]));
+        for s in 1..=8 {
+            t.push(Priority::Normal, row(s));
+        }
+        assert_eq!(seqs(t.take(Priority::Normal, 7, 100)), Some(vec![8]));
+    }
+
+    #[test]
+    fn a_full_tail_drops_its_oldest_and_a_reader_behind_them_reads_the_file() {
+        let t = Tail::new(1);
+        for s in 1..=(TAIL_ROWS as u64 + 3) {
+            t.push(Priority::Normal, row(s));
+        }
+        assert_eq!(seqs(t.take(Priority::Normal, 2, 1)), None, "row 3 is gone");
+        assert_eq!(seqs(t.take(Priority::Normal, 3, 1)), Some(vec![4]));
+    }
+}
