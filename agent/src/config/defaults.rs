@@ -30,7 +30,7 @@ pub fn keep_alive() -> Span {
     Span(Duration::from_secs(30))
 }
 pub fn receive_maximum() -> u16 {
-    200
+    1000
 }
 pub fn data_bits() -> u8 {
     8
