@@ -4,7 +4,8 @@
 //! The connection is ours (`crate::link`, as the MQTT sources use): PUBLISH packets are encoded
 //! straight into its output buffer and written in one go, up to `max_inflight` messages
 //! unacknowledged (pipelined), and the backlog is read from the buffer in large batches
-//! (`READ_AHEAD` rows per read). Every connection starts clean (the broker keeps nothing for
+//! (`READ_AHEAD` rows per read); once caught up, what the writer has just committed comes in
+//! memory with its envelopes, not read back from the file (`buffer::tail`). Every connection starts clean (the broker keeps nothing for
 //! us), so the only record of what is in flight is ours: `inflight` maps our packet ids to
 //! what they carry until the PUBACK. When the connection drops it is forgotten and the next
 //! connection starts again from the oldest pending event: at least once, in seq order, with the
