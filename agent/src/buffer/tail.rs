@@ -20,14 +20,25 @@ use std::sync::Mutex;
 use super::store::PendingRow;
 use crate::config::Priority;
 
-/// Rows kept per priority, at most (about 1 KiB each with its envelope).
+/// Rows kept per priority, at most (about 1 KiB each with its envelope) ...
 const TAIL_ROWS: usize = 2048;
+/// ... and bytes (raw bytes twice, in the CBOR and the envelope, plus a fixed charge), so that
+/// large frames (`max_frame` up to 1 MiB) cannot make the tail large.
+const TAIL_BYTES: usize = 4 << 20;
+const ROW_CHARGE: usize = 512;
 
 #[derive(Default)]
 struct Part {
     rows: VecDeque<PendingRow>,
+    /// What `rows` cost, counted as in `cost`.
+    bytes: usize,
     /// Every committed row of this priority above this seq is in `rows` (or was taken).
     from: u64,
+}
+
+/// What a row in the tail costs in `TAIL_BYTES`.
+fn cost(row: &PendingRow) -> usize {
+    row.cbor.len() + row.env.as_ref().map_or(0, |e| e.raw.len()) + ROW_CHARGE
 }
 
 /// See the module documentation.
@@ -42,6 +53,7 @@ impl Tail {
         let part = || {
             Mutex::new(Part {
                 rows: VecDeque::new(),
+                bytes: 0,
                 from: next_seq.saturating_sub(1),
             })
         };
@@ -67,12 +79,15 @@ impl Tail {
         if row.seq <= part.from {
             return;
         }
-        if part.rows.len() >= TAIL_ROWS {
-            if let Some(old) = part.rows.pop_front() {
-                part.from = old.seq;
-            }
-        }
+        part.bytes += cost(&row);
         part.rows.push_back(row);
+        while part.rows.len() > TAIL_ROWS || part.bytes > TAIL_BYTES {
+            let Some(old) = part.rows.pop_front() else {
+                break;
+            };
+            part.bytes -= cost(&old);
+            part.from = old.seq;
+        }
     }
 
     /// Up to `limit` pending rows of `priority` after seq `after`, if the tail has all of
@@ -83,11 +98,14 @@ impl Tail {
             return None;
         }
         while part.rows.front().is_some_and(|r| r.seq <= after) {
-            part.rows.pop_front();
+            if let Some(old) = part.rows.pop_front() {
+                part.bytes -= cost(&old);
+            }
         }
         part.from = after;
         let n = limit.min(part.rows.len());
         let rows: Vec<PendingRow> = part.rows.drain(..n).collect();
+        part.bytes -= rows.iter().map(cost).sum::<usize>();
         if let Some(last) = rows.last() {
             part.from = last.seq;
         }
@@ -156,5 +174,32 @@ mod tests {
         }
         assert_eq!(seqs(t.take(Priority::Normal, 2, 1)), None, "row 3 is gone");
         assert_eq!(seqs(t.take(Priority::Normal, 3, 1)), Some(vec![4]));
+    }
+
+    #[test]
+    fn large_rows_are_kept_to_a_byte_budget() {
+        let t = Tail::new(1);
+        let big = |seq| PendingRow {
+            cbor: vec![0; 1 << 20],
+            ..row(seq)
+        };
+        for s in 1..=10 {
+            t.push(Priority::Normal, big(s));
+        }
+        let part = t.part(Priority::Normal);
+        assert!(part.bytes <= TAIL_BYTES, "{} bytes", part.bytes);
+        assert_eq!(
+            part.rows.len(),
+            3,
+            "three 1 MiB rows fit in 4 MiB with their charge"
+        );
+        assert_eq!(part.from, 7);
+        drop(part);
+        assert_eq!(seqs(t.take(Priority::Normal, 7, 10)), Some(vec![8, 9, 10]));
+        assert_eq!(
+            t.part(Priority::Normal).bytes,
+            0,
+            "taking gives the bytes back"
+        );
     }
 }
