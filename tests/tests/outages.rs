@@ -638,3 +638,78 @@ fn the_largest_frame_a_source_allows_is_delivered_and_the_next_reading_follows()
     );
     Ok(())
 }
+
+/// A site broker that drops messages it queued for the agent (mosquitto beyond its
+/// `max_queued_messages`) skips their packet ids, which shows with the next message it does
+/// send. The agent says so once in its log, however often it happens, and in the source's
+/// status with a count, naming the setting to raise, and goes on storing what arrives.
+#[test]
+fn a_site_broker_dropping_queued_messages_is_named_once_with_the_setting_to_raise() -> Result<()> {
+    const N: usize = 400;
+    let central = Broker::start()?;
+    // After the test brokers' own max_queued_messages: this one wins.
+    let site = Broker::start_with("max_queued_messages 5\n")?;
+    let device = Collector::subscribe(site.port, "unused/#")?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    // One message at a time, each waiting for its commit: a burst queues at the broker.
+    let text = config(&central, &site).replace("receive_maximum = 10", "receive_maximum = 1");
+    let agent = Agent::start(&text)?;
+    agent.wait_source("scanner-mqtt", "open")?;
+    let arrived = |code: &str| codes(&sink.events()).iter().any(|c| c == code);
+    for round in 1..=2 {
+        for i in 0..N {
+            device.publish("site/scan", format!("LPN{round}{i:05}"))?;
+        }
+        // A message after the burst, sent again (as a new one) until the broker kept one.
+        let trailer = format!("TRAILER{round}");
+        wait_for(&format!("{trailer} at central"), DEADLINE, || {
+            if arrived(&trailer) {
+                return Some(());
+            }
+            device.publish("site/scan", trailer.clone()).ok()?;
+            wait_for(&trailer, Duration::from_millis(300), || {
+                arrived(&trailer).then_some(())
+            })
+            .ok()
+        })
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    }
+    let s = agent.status()?;
+    let detail = s["sources"]["scanner-mqtt"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        detail.contains("ids were skipped")
+            && detail.contains("max_queued_messages")
+            && detail.contains("(2 times since start)"),
+        "the status names the skipped ids, the setting and the count: {s}"
+    );
+    let stored = s["storage"]["stored"].as_u64().unwrap_or(0);
+    ensure!(
+        stored > 2 && stored < 2 * N as u64,
+        "the broker dropped some readings and the agent stored the rest: {stored} of {}",
+        2 * N
+    );
+    let log = agent.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("does not give out packet identifiers in sequence"))
+        .count();
+    ensure!(warnings == 1, "one warning, not {warnings}:\n{log}");
+    // Published order: each round's LPNs ascending, then its trailer.
+    let mut got = codes(&sink.events());
+    // A trailer may have been kept more than once (sent again while the first was on its way).
+    got.dedup_by(|a, b| a == b && a.starts_with("TRAILER"));
+    let key = |c: &String| {
+        let round = c.chars().find(|ch| ch.is_ascii_digit());
+        (round, c.starts_with("TRAILER"), c.clone())
+    };
+    let mut sorted = got.clone();
+    sorted.sort_by_key(key);
+    sorted.dedup();
+    ensure!(
+        got == sorted,
+        "what arrived came once each, in order: {got:?}"
+    );
+    Ok(())
+}
