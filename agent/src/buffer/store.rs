@@ -200,6 +200,18 @@ pub struct PendingRow {
     pub env: Option<Box<edge_protocol::Envelope>>,
 }
 
+impl PendingRow {
+    /// The row's envelope: the one handed on in memory (taken), else decoded from its CBOR.
+    pub fn envelope(
+        &mut self,
+    ) -> Result<edge_protocol::Envelope, edge_protocol::event::DecodeError> {
+        match self.env.take() {
+            Some(env) => Ok(*env),
+            None => edge_protocol::Envelope::from_cbor(&self.cbor),
+        }
+    }
+}
+
 /// Counts for status and `inspect`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BufferStats {

@@ -36,6 +36,24 @@ struct Part {
     from: u64,
 }
 
+impl Part {
+    fn append(&mut self, row: PendingRow) {
+        // A reader that read this row from the file already moved `from` past it.
+        if row.seq <= self.from {
+            return;
+        }
+        self.bytes += cost(&row);
+        self.rows.push_back(row);
+        while self.rows.len() > TAIL_ROWS || self.bytes > TAIL_BYTES {
+            let Some(old) = self.rows.pop_front() else {
+                break;
+            };
+            self.bytes -= cost(&old);
+            self.from = old.seq;
+        }
+    }
+}
+
 /// What a row in the tail costs in `TAIL_BYTES`.
 fn cost(row: &PendingRow) -> usize {
     row.cbor.len() + row.env.as_ref().map_or(0, |e| e.raw.len()) + ROW_CHARGE
@@ -72,21 +90,16 @@ impl Tail {
         .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The writer: `row` of `priority` is committed (rows come in seq order).
-    pub(super) fn push(&self, priority: Priority, row: PendingRow) {
-        let mut part = self.part(priority);
-        // A reader that read this row from the file already moved `from` past it.
-        if row.seq <= part.from {
-            return;
-        }
-        part.bytes += cost(&row);
-        part.rows.push_back(row);
-        while part.rows.len() > TAIL_ROWS || part.bytes > TAIL_BYTES {
-            let Some(old) = part.rows.pop_front() else {
-                break;
+    /// The writer: these rows are committed, each of its priority (in seq order). Each
+    /// priority's lock is taken once per commit, not per row.
+    pub(super) fn push(&self, rows: impl IntoIterator<Item = (Priority, PendingRow)>) {
+        let (mut normal, mut high) = (self.part(Priority::Normal), self.part(Priority::High));
+        for (priority, row) in rows {
+            let part = match priority {
+                Priority::High => &mut high,
+                Priority::Normal => &mut normal,
             };
-            part.bytes -= cost(&old);
-            part.from = old.seq;
+            part.append(row);
         }
     }
 
@@ -134,7 +147,7 @@ mod tests {
     fn a_reader_at_the_tail_takes_in_order_and_one_behind_it_reads_the_file() {
         let t = Tail::new(11); // rows 1..=10 are in the file from before
         for s in 11..=14 {
-            t.push(Priority::Normal, row(s));
+            t.push([(Priority::Normal, row(s))]);
         }
         assert_eq!(
             seqs(t.take(Priority::Normal, 0, 100)),
@@ -153,7 +166,7 @@ mod tests {
     fn a_reader_that_read_past_the_tail_in_the_file_skips_what_it_has() {
         let t = Tail::new(1);
         for s in 1..=5 {
-            t.push(Priority::Normal, row(s));
+            t.push([(Priority::Normal, row(s))]);
         }
         // The reader read 1..=3 from the file: those leave the tail.
         assert_eq!(seqs(t.take(Priority::Normal, 3, 100)), Some(vec![4, 5]));
@@ -161,7 +174,7 @@ mod tests {
         let t = Tail::new(1);
         assert_eq!(seqs(t.take(Priority::Normal, 7, 100)), Some(vec![]));
         for s in 1..=8 {
-            t.push(Priority::Normal, row(s));
+            t.push([(Priority::Normal, row(s))]);
         }
         assert_eq!(seqs(t.take(Priority::Normal, 7, 100)), Some(vec![8]));
     }
@@ -170,7 +183,7 @@ mod tests {
     fn a_full_tail_drops_its_oldest_and_a_reader_behind_them_reads_the_file() {
         let t = Tail::new(1);
         for s in 1..=(TAIL_ROWS as u64 + 3) {
-            t.push(Priority::Normal, row(s));
+            t.push([(Priority::Normal, row(s))]);
         }
         assert_eq!(seqs(t.take(Priority::Normal, 2, 1)), None, "row 3 is gone");
         assert_eq!(seqs(t.take(Priority::Normal, 3, 1)), Some(vec![4]));
@@ -184,7 +197,7 @@ mod tests {
             ..row(seq)
         };
         for s in 1..=10 {
-            t.push(Priority::Normal, big(s));
+            t.push([(Priority::Normal, big(s))]);
         }
         let part = t.part(Priority::Normal);
         assert!(part.bytes <= TAIL_BYTES, "{} bytes", part.bytes);

@@ -646,28 +646,27 @@ impl Writer {
         if outcome.stored > 0 {
             let stored = outcome.skipped..outcome.skipped + outcome.stored;
             // Before `committed`: upstream, woken by it, finds them in memory.
-            for ((row, env), high) in rows
-                .iter_mut()
-                .zip(envs)
-                .zip(&high)
-                .skip(stored.start)
-                .take(stored.len())
-            {
-                let priority = if *high {
-                    Priority::High
-                } else {
-                    Priority::Normal
-                };
-                self.tail.push(
-                    priority,
-                    PendingRow {
-                        seq: row.seq,
-                        observed_ms: row.observed_ms,
-                        cbor: std::mem::take(&mut row.cbor),
-                        env: Some(Box::new(env)),
-                    },
-                );
-            }
+            self.tail.push(
+                rows.iter_mut()
+                    .zip(envs)
+                    .zip(&high)
+                    .skip(stored.start)
+                    .take(stored.len())
+                    .map(|((row, env), high)| {
+                        let priority = if *high {
+                            Priority::High
+                        } else {
+                            Priority::Normal
+                        };
+                        let row = PendingRow {
+                            seq: row.seq,
+                            observed_ms: row.observed_ms,
+                            cbor: std::mem::take(&mut row.cbor),
+                            env: Some(Box::new(env)),
+                        };
+                        (priority, row)
+                    }),
+            );
             // Before `committed`: upstream, woken by it, then sees the high rows too.
             if let Some(i) = stored.clone().rev().find(|i| high[*i]) {
                 self.committed_high.send_replace(rows[i].seq);

@@ -5,9 +5,9 @@
 //! straight into its output buffer and written in one go, up to `max_inflight` messages
 //! unacknowledged (pipelined), and the backlog is read from the buffer in large batches
 //! (`READ_AHEAD` rows per read); once caught up, what the writer has just committed comes in
-//! memory with its envelopes, not read back from the file (`buffer::tail`). Every connection starts clean (the broker keeps nothing for
-//! us), so the only record of what is in flight is ours: `inflight` maps our packet ids to
-//! what they carry until the PUBACK. When the connection drops it is forgotten and the next
+//! memory with its envelopes, not read back from the file (`buffer::tail`). Every connection
+//! starts clean (the broker keeps nothing for us), so the only record of what is in flight is
+//! ours: `inflight` maps our packet ids to what they carry until the PUBACK. When the connection drops it is forgotten and the next
 //! connection starts again from the oldest pending event: at least once, in seq order, with the
 //! same envelope (and `id`) every time.
 //!
@@ -679,11 +679,7 @@ impl Upstream {
             let mut envs: Vec<Envelope> = Vec::with_capacity(allowed);
             while rows.len() < allowed {
                 let Some(row) = ahead.front_mut() else { break };
-                let decoded = match row.env.take() {
-                    Some(env) => Ok(*env),
-                    None => Envelope::from_cbor(&row.cbor),
-                };
-                let env = match decoded {
+                let env = match row.envelope() {
                     Ok(env) => env,
                     Err(e) => {
                         let Some(row) = ahead.pop_front() else {

@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use edge_protocol::Envelope;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -488,11 +487,7 @@ impl HttpUpstream {
         let format = self.config.upstream.format();
         let mut items = Vec::with_capacity(rows.len());
         for mut row in rows {
-            let decoded = match row.env.take() {
-                Some(env) => Ok(*env),
-                None => Envelope::from_cbor(&row.cbor),
-            };
-            let mut env = match decoded {
+            let mut env = match row.envelope() {
                 Ok(env) => env,
                 Err(e) if replay => {
                     tracing::warn!(
