@@ -2,34 +2,52 @@
 //! draining, and the drain rate to a local mosquitto. Prints a table.
 //!
 //! cargo build --release -p edge-agent && cargo bench -p edge-tests --bench backlog
+//!
+//! `N=n` events (default 1,000,000), `FORMAT=json` (default cbor) and `BATCH=n` (default: the
+//! agent's, one event per message) set the upstream side; `EDGE_AGENT_BIN` the agent binary.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use edge_tests::{rss_kib, wait_for, Agent, Broker};
 
-const N: u64 = 1_000_000;
-
 fn main() -> Result<()> {
+    let n: u64 = std::env::var("N")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000);
+    let format = std::env::var("FORMAT").unwrap_or_else(|_| "cbor".into());
+    let batch = std::env::var("BATCH")
+        .ok()
+        .and_then(|b| b.parse::<u16>().ok())
+        .map(|b| format!("batch = {b}\n"))
+        .unwrap_or_default();
     let central = Broker::start()?;
     let text = format!(
-        "[site]\nid = \"dc-bench\"\n[storage]\npath = \"{{dir}}/buffer.redb\"\n[upstream]\nurl = \"{}\"\nformat = \"cbor\"\nmax_inflight = 1000\nreplay_rate = 1000000\n[control]\nsocket = \"{{dir}}/control.sock\"\n",
+        "[site]\nid = \"dc-bench\"\n[storage]\npath = \"{{dir}}/buffer.redb\"\n[upstream]\nurl = \"{}\"\nformat = \"{format}\"\n{batch}max_inflight = 1000\nreplay_rate = 1000000\n[control]\nsocket = \"{{dir}}/control.sock\"\n",
         central.url()
     );
     // Fill the buffer file as a stopped agent would have left it.
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("buffer.redb");
     let start = Instant::now();
-    edge_tests::write_backlog(&path, N)?;
+    edge_tests::write_backlog(&path, n)?;
     let fill_secs = start.elapsed().as_secs_f64();
     let file = std::fs::metadata(&path)?.len();
-    println!("backlog of {N} events");
+    println!(
+        "backlog of {n} events, upstream format {format}, {}",
+        if batch.is_empty() {
+            "one event per message".to_string()
+        } else {
+            batch.trim().to_string()
+        }
+    );
     println!("{:<44} {:>14}", "measure", "value");
     println!("{:<44} {:>14.1}", "filling the buffer file (s)", fill_secs);
     println!(
         "{:<44} {:>14}",
         "bytes on disk per buffered event",
-        file / N
+        file / n
     );
 
     let counted = count_upstream(central.port)?;
@@ -61,12 +79,12 @@ fn main() -> Result<()> {
     println!(
         "{:<44} {:>14.0}",
         "drain rate to local mosquitto (events/s)",
-        N as f64 / secs
+        n as f64 / secs
     );
     println!("{:<44} {:>14}", "peak agent RSS while draining (KiB)", peak);
     println!(
         "{:<44} {:>14}",
-        "events counted by a subscriber",
+        "messages counted by a subscriber",
         counted.load(std::sync::atomic::Ordering::Relaxed)
     );
     let _ = agent.signal(nix::sys::signal::Signal::SIGTERM);

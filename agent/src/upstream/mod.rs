@@ -3,13 +3,14 @@
 //!
 //! The connection is ours (`crate::link`, as the MQTT sources use): PUBLISH packets are encoded
 //! straight into its output buffer and written in one go, up to `max_inflight` messages
-//! unacknowledged (pipelined), and the backlog is read from the buffer in large batches
-//! (`READ_AHEAD` rows per read); once caught up, what the writer has just committed comes in
-//! memory with its envelopes, not read back from the file (`buffer::tail`). Every connection
-//! starts clean (the broker keeps nothing for us), so the only record of what is in flight is
-//! ours: `inflight` maps our packet ids to what they carry until the PUBACK. When the connection drops it is forgotten and the next
-//! connection starts again from the oldest pending event: at least once, in seq order, with the
-//! same envelope (and `id`) every time.
+//! unacknowledged (pipelined). The backlog is read from the buffer in large chunks (`READ_AHEAD`
+//! rows per read), decoded on the blocking pool and read one chunk ahead while this one is sent
+//! (`reader`); once caught up, what the writer has just committed comes in memory with its
+//! envelopes, not read back from the file (`buffer::tail`). Every connection starts clean (the
+//! broker keeps nothing for us), so the only record of what is in flight is ours: `inflight`
+//! maps our packet ids to what they carry until the PUBACK. When the connection drops it is
+//! forgotten and the next connection starts again from the oldest pending event: at least
+//! once, in seq order, with the same envelope (and `id`) every time.
 //!
 //! `upstream.batch` above 1 sends up to that many consecutive events of one topic as one
 //! message (a JSON array, or a CBOR array with `format = "cbor"`); its PUBACK delivers them
@@ -30,6 +31,7 @@
 mod encode;
 pub mod http;
 mod rate;
+mod reader;
 pub mod routes;
 
 use std::borrow::Cow;
@@ -52,6 +54,7 @@ use crate::link::{Link, LinkError, Settings, Version, Will};
 use crate::status::StatusBoard;
 use crate::tls::Access;
 use rate::TokenBucket;
+use reader::{ReadError, Reader};
 
 /// The upstream task proves it is alive at least this often (for the systemd watchdog).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -172,6 +175,9 @@ struct Conn {
     ahead_high: VecDeque<PendingRow>,
     cursor_high: u64,
     caught_up_high: bool,
+    /// Where each priority's rows come from (memory or the file, read ahead).
+    reader: Reader,
+    reader_high: Reader,
 }
 
 impl Conn {
@@ -465,6 +471,18 @@ impl Upstream {
             ahead_high: VecDeque::new(),
             cursor_high: 0,
             caught_up_high: false,
+            reader: Reader::new(
+                self.store.clone(),
+                self.writer.clone(),
+                Priority::Normal,
+                READ_AHEAD,
+            ),
+            reader_high: Reader::new(
+                self.store.clone(),
+                self.writer.clone(),
+                Priority::High,
+                READ_AHEAD,
+            ),
         };
         match self.connected(&mut conn, backoff).await {
             Ok(()) => {}
@@ -778,35 +796,29 @@ impl Upstream {
     ) -> Result<bool, String> {
         // Mark the committed seq seen before reading: a commit after this read wakes us.
         committed.borrow_and_update();
-        let store = self.store.clone();
-        let (cursor, caught_up, ahead) = match priority {
+        let (reader, cursor, caught_up, ahead) = match priority {
             Priority::High => (
+                &mut conn.reader_high,
                 &mut conn.cursor_high,
                 &mut conn.caught_up_high,
                 &mut conn.ahead_high,
             ),
-            Priority::Normal => (&mut conn.cursor, &mut conn.caught_up, &mut conn.ahead),
+            Priority::Normal => (
+                &mut conn.reader,
+                &mut conn.cursor,
+                &mut conn.caught_up,
+                &mut conn.ahead,
+            ),
         };
-        let after = *cursor;
-        let from_memory = self.writer.take_committed(priority, after, READ_AHEAD);
-        let rows = match from_memory {
-            Some(rows) => rows,
-            None => match tokio::task::spawn_blocking(move || {
-                store.pending_in(priority, after, READ_AHEAD)
-            })
-            .await
-            {
-                Ok(Ok(rows)) => rows,
-                // The buffer is being reopened after a write error (the writer reports it): keep
-                // the connection and look again after the next commit.
-                // High rows are looked for again at the next pass (at least every HEARTBEAT).
-                Ok(Err(e)) => {
-                    tracing::debug!("reading the buffer: {e}");
-                    *caught_up = priority == Priority::Normal;
-                    return Ok(false);
-                }
-                Err(e) => return Err(format!("reading the buffer: {e}")),
-            },
+        let rows = match reader.read(*cursor).await {
+            Ok(rows) => rows,
+            // High rows are looked for again at the next pass (at least every HEARTBEAT).
+            Err(e @ ReadError::Store(_)) => {
+                tracing::debug!("{e}");
+                *caught_up = priority == Priority::Normal;
+                return Ok(false);
+            }
+            Err(e @ ReadError::Task(_)) => return Err(e.to_string()),
         };
         if rows.len() < READ_AHEAD {
             *caught_up = true;

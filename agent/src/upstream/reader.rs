@@ -1,0 +1,87 @@
+//! Pending rows of one priority for the MQTT upstream, in seq order after a cursor, a chunk at
+//! a time.
+//!
+//! A caught-up upstream takes the newest commits from memory (the writer's tail). Behind (after
+//! a start, a reconnect, or further behind than the tail holds) it reads the file on the
+//! blocking pool, and the envelopes are decoded there too. A full chunk means more is waiting:
+//! the next one is read at once, while upstream sends this one, so that draining a backlog
+//! keeps the file, the decoding and the socket busy at the same time instead of in turn.
+//!
+//! The chunk read ahead is what the file held when it was read. That is what a read at the
+//! time it is used would give too, apart from rows stored since (a shorter chunk: upstream
+//! looks again after the next commit) and rows dropped for room meanwhile (sent all the same,
+//! as a dropped row racing its PUBACK already may be).
+
+use edge_protocol::Envelope;
+use tokio::task::JoinHandle;
+
+use crate::buffer::{PendingRow, Store, StoreError, WriterHandle};
+use crate::config::Priority;
+
+/// What a read gave besides rows.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file cannot be read now (it is being reopened after a write error, which the
+    /// writer reports): look again after the next commit.
+    #[error("reading the buffer: {0}")]
+    Store(#[from] StoreError),
+    /// The blocking read itself failed (a panic, or the runtime shutting down).
+    #[error("reading the buffer: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+type Chunk = Result<Vec<PendingRow>, StoreError>;
+
+pub struct Reader {
+    store: Store,
+    writer: WriterHandle,
+    priority: Priority,
+    /// Rows per read.
+    chunk: usize,
+    /// The chunk after this seq, being read from the file.
+    next: Option<(u64, JoinHandle<Chunk>)>,
+}
+
+impl Reader {
+    pub fn new(store: Store, writer: WriterHandle, priority: Priority, chunk: usize) -> Reader {
+        Reader {
+            store,
+            writer,
+            priority,
+            chunk,
+            next: None,
+        }
+    }
+
+    /// Up to a chunk of pending rows after `after`; fewer (or none) when that is all there is.
+    pub async fn read(&mut self, after: u64) -> Result<Vec<PendingRow>, ReadError> {
+        let rows = match self.next.take() {
+            Some((from, read)) if from == after => read.await??,
+            // Read ahead for another cursor (none moves backwards on one connection today):
+            // the blocking read finishes on its own and is dropped.
+            _ => match self.writer.take_committed(self.priority, after, self.chunk) {
+                Some(rows) => return Ok(rows),
+                None => self.spawn(after).await??,
+            },
+        };
+        if rows.len() == self.chunk {
+            if let Some(last) = rows.last() {
+                self.next = Some((last.seq, self.spawn(last.seq)));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Reads the chunk after `after` on the blocking pool and decodes its envelopes there (a
+    /// row that does not decode is left for upstream to decode again and set aside).
+    fn spawn(&self, after: u64) -> JoinHandle<Chunk> {
+        let (store, priority, chunk) = (self.store.clone(), self.priority, self.chunk);
+        tokio::task::spawn_blocking(move || {
+            let mut rows = store.pending_in(priority, after, chunk)?;
+            for row in &mut rows {
+                row.env = Envelope::from_cbor(&row.cbor).ok().map(Box::new);
+            }
+            Ok(rows)
+        })
+    }
+}
