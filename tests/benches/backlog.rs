@@ -1,5 +1,6 @@
 //! A 1,000,000-event backlog: bytes on disk per event, agent startup time, peak RSS while
-//! draining, and the drain rate to a local mosquitto. Prints a table.
+//! draining, the drain rate to a local mosquitto and the CPU it took (the agent's, and the whole
+//! machine's: mosquitto and its counting subscriber run on the same cores). Prints a table.
 //!
 //! cargo build --release -p edge-agent && cargo bench -p edge-tests --bench backlog
 //!
@@ -9,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use edge_tests::{rss_kib, wait_for, Agent, Broker};
+use edge_tests::{machine_busy_secs, process_cpu_secs, rss_kib, wait_for, Agent, Broker};
 
 fn main() -> Result<()> {
     let n: u64 = std::env::var("N")
@@ -71,17 +72,29 @@ fn main() -> Result<()> {
     let pid = agent.pid().unwrap_or(0);
     let mut peak = 0;
     let drain = Instant::now();
+    let cpu = (process_cpu_secs(pid), machine_busy_secs());
     wait_for("the backlog to drain", Duration::from_secs(1200), || {
         peak = peak.max(rss_kib(pid).unwrap_or(0));
         (agent.status().ok()?["backlog"] == 0).then_some(())
     })?;
     let secs = drain.elapsed().as_secs_f64();
+    let (own, machine) = (process_cpu_secs(pid) - cpu.0, machine_busy_secs() - cpu.1);
     println!(
         "{:<44} {:>14.0}",
         "drain rate to local mosquitto (events/s)",
         n as f64 / secs
     );
     println!("{:<44} {:>14}", "peak agent RSS while draining (KiB)", peak);
+    println!(
+        "{:<44} {:>14.2}",
+        "agent CPU per event while draining (us)",
+        own * 1e6 / n as f64
+    );
+    println!(
+        "{:<44} {:>14.2}",
+        "machine CPU per event while draining (us)",
+        machine * 1e6 / n as f64
+    );
     println!(
         "{:<44} {:>14}",
         "messages counted by a subscriber",

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
-use edge_tests::{agent_bin, wait_for, Broker, DEADLINE};
+use edge_tests::{agent_bin, machine_busy_secs, process_cpu_secs, wait_for, Broker, DEADLINE};
 
 const TOPIC: &str = "bench/scan";
 const PROBE_TOPIC: &str = "bench/probe";
@@ -545,9 +545,6 @@ struct Cpu {
     own: f64,
 }
 
-/// `/proc` counts CPU time in USER_HZ ticks, 100 per second on Linux whatever the kernel's HZ.
-const USER_HZ: f64 = 100.0;
-
 impl Cpu {
     fn now(pid: u32) -> Cpu {
         Cpu {
@@ -555,38 +552,6 @@ impl Cpu {
             own: process_cpu_secs(pid),
         }
     }
-}
-
-/// Busy CPU seconds of all CPUs since boot: `/proc/stat`'s `cpu` line less idle and iowait.
-fn machine_busy_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0.0;
-    };
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-    (ticks.iter().sum::<u64>() - idle) as f64 / USER_HZ
-}
-
-/// User and system CPU seconds of a process (all its threads), from `/proc/PID/stat`.
-fn process_cpu_secs(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    // After the command name in parentheses: fields 3.. ; utime and stime are 14 and 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
-    (tick(11) + tick(12)) as f64 / USER_HZ
 }
 
 /// The site mosquitto's `$SYS/broker/store/messages/count` (published every second).

@@ -867,6 +867,41 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> Result<(i32, String, Stri
     ))
 }
 
+/// `/proc` counts CPU time in USER_HZ ticks, 100 per second on Linux whatever the kernel's HZ.
+const USER_HZ: f64 = 100.0;
+
+/// Busy CPU seconds of all CPUs since boot: `/proc/stat`'s `cpu` line less idle and iowait.
+pub fn machine_busy_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (ticks.iter().sum::<u64>() - idle) as f64 / USER_HZ
+}
+
+/// User and system CPU seconds of a process (all its threads), from `/proc/PID/stat`.
+pub fn process_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // After the command name in parentheses: fields 3.. ; utime and stime are 14 and 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / USER_HZ
+}
+
 /// Resident set size of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -1040,12 +1075,22 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// Fills a buffer file at `path` with `n` pending scans (seq 1..=n), as a stopped agent with
-/// that backlog would have left it: for the backlog benches.
+/// that backlog would have left it (valid SSCC scans, GS1 check digit included): for the
+/// backlog benches and tests.
 pub fn write_backlog(path: &Path, n: u64) -> Result<()> {
     use edge_agent::buffer::{Capacity, NewRow, Store};
     use edge_protocol::event::{Body, Envelope, ShipmentScan};
     let envelope = |seq: u64| {
-        let code = format!("]C1001061414{seq:07}");
+        // An SSCC: extension digit 1, GS1 company prefix 0614141, the seq as serial reference,
+        // and its check digit (weights 3 and 1 from the right).
+        let digits = format!("10614141{seq:09}");
+        let sum: u32 = digits
+            .bytes()
+            .rev()
+            .enumerate()
+            .map(|(i, d)| u32::from(d - b'0') * if i % 2 == 0 { 3 } else { 1 })
+            .sum();
+        let code = format!("]C100{digits}{}", (10 - sum % 10) % 10);
         Envelope {
             id: format!("01a21ca0-81f7-73e6-b850-{seq:012}"),
             site: "dc-bench".into(),

@@ -271,6 +271,83 @@ fn with_upstream_batch_a_backlog_goes_out_in_arrays_of_at_most_that_many_in_orde
     Ok(())
 }
 
+/// A backlog of several read chunks (2048 rows each) with `upstream.batch`: upstream reads the
+/// file a chunk ahead and decodes on the blocking pool (`upstream::reader`). Every event goes
+/// out once, in seq order, and a row damaged in the second chunk (nested a million arrays deep,
+/// which would overflow a decoding thread's stack) is set aside and reported instead.
+#[test]
+fn with_upstream_batch_a_backlog_of_several_chunks_is_read_ahead_once_each_in_order() -> Result<()>
+{
+    use redb::ReadableTable;
+    const EVENTS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("events");
+    const N: u64 = 7000;
+    const DAMAGED: u64 = 3000;
+    let central = Broker::start()?;
+    let sink = Collector::subscribe(central.port, "edge/+/events/#")?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("buffer.redb");
+    edge_tests::write_backlog(&path, N)?;
+    {
+        let db = redb::Database::create(&path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut ev = txn.open_table(EVENTS)?;
+            let mut value = ev
+                .get(DAMAGED)?
+                .map(|v| v.value()[..8].to_vec())
+                .unwrap_or_default();
+            ensure!(value.len() == 8, "row {DAMAGED} is missing");
+            value.extend_from_slice(b"\xa1\x64body");
+            value.extend(std::iter::repeat_n(0x81, 1_000_000));
+            value.push(0x00);
+            ev.insert(DAMAGED, value.as_slice())?;
+        }
+        txn.commit()?;
+    }
+    let text = config(&central, "")
+        .replace("{dir}/buffer.redb", &path.to_string_lossy())
+        .replace("format = \"json\"\n", "format = \"json\"\nbatch = 100\n");
+    let agent = Agent::start(&text)?;
+    let events = wait_for("every event upstream", Duration::from_secs(120), || {
+        let all: Vec<Value> = sink
+            .events()
+            .into_iter()
+            .flat_map(|m| m.as_array().cloned().unwrap_or_default())
+            .collect();
+        let report = all.iter().any(|e| e["kind"] == "exception");
+        (all.len() as u64 >= N && report).then_some(all)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}\n{}", agent.log()))?;
+    let seqs: Vec<u64> = events
+        .iter()
+        .filter(|e| e["kind"] == "shipment.scan")
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    let want: Vec<u64> = (1..=N).filter(|s| *s != DAMAGED).collect();
+    ensure!(
+        seqs == want,
+        "{} scans; the first out of place: {:?}",
+        seqs.len(),
+        seqs.iter().zip(&want).find(|(a, b)| a != b)
+    );
+    let report = events
+        .iter()
+        .find(|e| e["kind"] == "exception")
+        .cloned()
+        .unwrap_or_default();
+    let detail = report["body"]["detail"].as_str().unwrap_or("");
+    ensure!(
+        detail.contains(&format!("row {DAMAGED}")) && detail.contains("32 levels"),
+        "{report}"
+    );
+    wait_for("one row set aside and none pending", DEADLINE, || {
+        let s = agent.status().ok()?;
+        (s["storage"]["set_aside"] == 1 && s["backlog"] == 0).then_some(())
+    })
+    .map_err(|e| anyhow::anyhow!("{e}: {:?}", agent.status().ok()))?;
+    Ok(())
+}
+
 #[test]
 fn a_batch_above_the_brokers_maximum_packet_size_is_halved_and_an_event_too_large_alone_set_aside(
 ) -> Result<()> {

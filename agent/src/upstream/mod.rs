@@ -4,8 +4,8 @@
 //! The connection is ours (`crate::link`, as the MQTT sources use): PUBLISH packets are encoded
 //! straight into its output buffer and written in one go, up to `max_inflight` messages
 //! unacknowledged (pipelined). The backlog is read from the buffer in large chunks (`READ_AHEAD`
-//! rows per read), decoded on the blocking pool and read one chunk ahead while this one is sent
-//! (`reader`); once caught up, what the writer has just committed comes in memory with its
+//! rows per read; with `upstream.batch` above 1 decoded on the blocking pool and read one chunk
+//! ahead while this one is sent, see `reader`); once caught up, what the writer has just committed comes in memory with its
 //! envelopes, not read back from the file (`buffer::tail`). Every connection starts clean (the
 //! broker keeps nothing for us), so the only record of what is in flight is ours: `inflight`
 //! maps our packet ids to what they carry until the PUBACK. When the connection drops it is
@@ -476,12 +476,14 @@ impl Upstream {
                 self.writer.clone(),
                 Priority::Normal,
                 READ_AHEAD,
+                self.batch() > 1,
             ),
             reader_high: Reader::new(
                 self.store.clone(),
                 self.writer.clone(),
                 Priority::High,
                 READ_AHEAD,
+                self.batch() > 1,
             ),
         };
         match self.connected(&mut conn, backoff).await {
