@@ -1078,6 +1078,12 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 /// that backlog would have left it (valid SSCC scans, GS1 check digit included): for the
 /// backlog benches and tests.
 pub fn write_backlog(path: &Path, n: u64) -> Result<()> {
+    write_backlog_padded(path, n, 0)
+}
+
+/// [`write_backlog`] with each reading's `raw` padded to at least `raw_len` bytes (large
+/// frames), committed in groups of at most 64 MiB.
+pub fn write_backlog_padded(path: &Path, n: u64, raw_len: usize) -> Result<()> {
     use edge_agent::buffer::{Capacity, NewRow, Store};
     use edge_protocol::event::{Body, Envelope, ShipmentScan};
     let envelope = |seq: u64| {
@@ -1105,15 +1111,20 @@ pub fn write_backlog(path: &Path, n: u64) -> Result<()> {
                 sscc: Some(code[5..].into()),
                 gs1: Default::default(),
             }),
-            raw: code.into_bytes(),
+            raw: {
+                let mut raw = code.into_bytes();
+                raw.resize(raw.len().max(raw_len), b' ');
+                raw
+            },
             replayed: false,
         }
         .to_cbor()
     };
     let store = Store::open(path)?;
+    let group = (64 << 20) / raw_len.max(6400) as u64;
     let mut seq = 1;
     while seq <= n {
-        let rows: Vec<NewRow> = (seq..(seq + 10_000).min(n + 1))
+        let rows: Vec<NewRow> = (seq..(seq + group).min(n + 1))
             .map(|s| NewRow {
                 seq: s,
                 observed_ms: 1_795_773_600_000 + s,

@@ -212,6 +212,12 @@ impl PendingRow {
     }
 }
 
+/// Whether a read of at most `limit` rows and `max_bytes` ([`Store::pending_in`]) stopped at
+/// either bound, so that more rows may follow `rows`.
+pub fn read_full(rows: &[PendingRow], limit: usize, max_bytes: usize) -> bool {
+    rows.len() >= limit || rows.iter().map(|r| r.cbor.len()).sum::<usize>() >= max_bytes
+}
+
 /// Counts for status and `inspect`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BufferStats {
@@ -525,19 +531,22 @@ impl Store {
 
     /// Up to `limit` pending events of either priority with seq above `after`, in seq order.
     pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
-        let mut rows = self.pending_in(Priority::High, after, limit)?;
-        rows.extend(self.pending_in(Priority::Normal, after, limit)?);
+        let mut rows = self.pending_in(Priority::High, after, limit, usize::MAX)?;
+        rows.extend(self.pending_in(Priority::Normal, after, limit, usize::MAX)?);
         rows.sort_by_key(|r| r.seq);
         rows.truncate(limit);
         Ok(rows)
     }
 
-    /// Up to `limit` pending events of one priority with seq above `after`, in seq order.
+    /// Pending events of one priority with seq above `after`, in seq order: up to `limit` of
+    /// them, and no more once their CBOR reaches `max_bytes` (the row that reaches it is the
+    /// last; a row larger than that comes alone). [`read_full`] tells whether more may follow.
     pub fn pending_in(
         &self,
         priority: Priority,
         after: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<PendingRow>, StoreError> {
         let txn = self.db()?.begin_read()?;
         let pending = txn.open_table(match priority {
@@ -546,8 +555,9 @@ impl Store {
         })?;
         let ev = txn.open_table(EVENTS)?;
         let mut out = Vec::with_capacity(limit.min(1024));
+        let mut bytes = 0usize;
         for row in pending.range((after + 1)..)? {
-            if out.len() >= limit {
+            if out.len() >= limit || bytes >= max_bytes {
                 break;
             }
             let seq = row?.0.value();
@@ -555,6 +565,7 @@ impl Store {
             // A value too short to split is handed on whole: it does not read back as an
             // envelope, so upstream sets it aside instead of skipping it silently.
             let (observed_ms, cbor) = split_value(seq, v.value()).unwrap_or((0, v.value()));
+            bytes = bytes.saturating_add(cbor.len());
             out.push(PendingRow {
                 seq,
                 observed_ms,
@@ -987,6 +998,38 @@ mod tests {
         assert_eq!(i.set_aside, vec![(2, "not CBOR".to_string())]);
     }
 
+    /// Rows of 100 bytes read with a 250-byte budget: three (the third reaches it), then a
+    /// 1,000-byte row alone; `read_full` says more may follow exactly when a bound was reached.
+    #[test]
+    fn a_read_stops_once_its_rows_reach_the_byte_budget() {
+        let (_dir, s) = store();
+        let mut rows: Vec<NewRow> = (1..=5).map(|i| row(i, i, vec![0; 100])).collect();
+        rows.push(row(6, 6, vec![0; 1000]));
+        rows.push(row(7, 7, vec![0; 100]));
+        s.commit(&rows, &[], 8, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let read = |after, limit, max| -> Vec<u64> {
+            let rows = s
+                .pending_in(Priority::Normal, after, limit, max)
+                .unwrap_or_else(|e| panic!("{e}"));
+            rows.iter().map(|r| r.seq).collect()
+        };
+        assert_eq!(read(0, 10, 250), vec![1, 2, 3]);
+        assert_eq!(read(5, 10, 250), vec![6]);
+        assert_eq!(read(0, 2, 250), vec![1, 2]);
+        assert_eq!(read(0, 10, usize::MAX), vec![1, 2, 3, 4, 5, 6, 7]);
+        let full = |after, limit, max| {
+            let rows = s
+                .pending_in(Priority::Normal, after, limit, max)
+                .unwrap_or_else(|e| panic!("{e}"));
+            read_full(&rows, limit, max)
+        };
+        assert!(full(0, 10, 250), "stopped at the budget");
+        assert!(full(0, 2, 10_000), "stopped at the limit");
+        assert!(!full(0, 10, 10_000), "all of it: 1,600 bytes in 7 rows");
+        assert!(!full(6, 10, 250), "the last row alone");
+    }
+
     #[test]
     fn a_value_too_short_to_split_is_handed_to_upstream_whole() {
         let (_dir, s) = store();
@@ -1060,7 +1103,7 @@ mod tests {
         s.commit_with(&rows, &settle(&[], &[], &high), 7, Capacity::unlimited())
             .unwrap_or_else(|e| panic!("{e}"));
         let seqs = |p| -> Vec<u64> {
-            s.pending_in(p, 0, 10)
+            s.pending_in(p, 0, 10, usize::MAX)
                 .unwrap_or_default()
                 .iter()
                 .map(|r| r.seq)

@@ -812,8 +812,8 @@ impl Upstream {
                 &mut conn.ahead,
             ),
         };
-        let rows = match reader.read(*cursor).await {
-            Ok(rows) => rows,
+        let (rows, full) = match reader.read(*cursor).await {
+            Ok(read) => read,
             // High rows are looked for again at the next pass (at least every HEARTBEAT).
             Err(e @ ReadError::Store(_)) => {
                 tracing::debug!("{e}");
@@ -822,7 +822,7 @@ impl Upstream {
             }
             Err(e @ ReadError::Task(_)) => return Err(e.to_string()),
         };
-        if rows.len() < READ_AHEAD {
+        if !full {
             *caught_up = true;
         }
         if let Some(last) = rows.last() {

@@ -22,7 +22,7 @@
 use edge_protocol::Envelope;
 use tokio::task::JoinHandle;
 
-use crate::buffer::{PendingRow, Store, StoreError, WriterHandle};
+use crate::buffer::{read_full, PendingRow, Store, StoreError, WriterHandle};
 use crate::config::Priority;
 
 /// What a read gave besides rows.
@@ -39,11 +39,15 @@ pub enum ReadError {
 
 type Chunk = Result<Vec<PendingRow>, StoreError>;
 
+/// The CBOR a chunk read from the file holds at most (past its first row): 2048 rows of 1 MiB
+/// frames would otherwise be 2 GiB in memory, twice over while reading ahead.
+pub const CHUNK_BYTES: usize = 4 << 20;
+
 pub struct Reader {
     store: Store,
     writer: WriterHandle,
     priority: Priority,
-    /// Rows per read.
+    /// Rows per read (and at most [`CHUNK_BYTES`]).
     chunk: usize,
     /// Decode on the blocking pool and read the next chunk ahead (see the module note).
     ahead: bool,
@@ -69,23 +73,28 @@ impl Reader {
         }
     }
 
-    /// Up to a chunk of pending rows after `after`; fewer (or none) when that is all there is.
-    pub async fn read(&mut self, after: u64) -> Result<Vec<PendingRow>, ReadError> {
+    /// Up to a chunk of pending rows after `after`, and whether it is full (more may follow;
+    /// not full: that is all there is for now).
+    pub async fn read(&mut self, after: u64) -> Result<(Vec<PendingRow>, bool), ReadError> {
         let rows = match self.next.take() {
             Some((from, read)) if from == after => read.await??,
             // Read ahead for another cursor (none moves backwards on one connection today):
             // the blocking read finishes on its own and is dropped.
             _ => match self.writer.take_committed(self.priority, after, self.chunk) {
-                Some(rows) => return Ok(rows),
+                Some(rows) => {
+                    let full = rows.len() >= self.chunk;
+                    return Ok((rows, full));
+                }
                 None => self.spawn(after).await??,
             },
         };
-        if self.ahead && rows.len() == self.chunk {
+        let full = read_full(&rows, self.chunk, CHUNK_BYTES);
+        if self.ahead && full {
             if let Some(last) = rows.last() {
                 self.next = Some((last.seq, self.spawn(last.seq)));
             }
         }
-        Ok(rows)
+        Ok((rows, full))
     }
 
     /// Reads the chunk after `after` on the blocking pool, and working ahead decodes its
@@ -95,7 +104,7 @@ impl Reader {
         let (store, priority, chunk, decode) =
             (self.store.clone(), self.priority, self.chunk, self.ahead);
         tokio::task::spawn_blocking(move || {
-            let mut rows = store.pending_in(priority, after, chunk)?;
+            let mut rows = store.pending_in(priority, after, chunk, CHUNK_BYTES)?;
             if decode {
                 for row in &mut rows {
                     row.env = Envelope::from_cbor(&row.cbor).ok().map(Box::new);

@@ -469,7 +469,11 @@ impl HttpUpstream {
             return Ok(rows);
         }
         let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.pending_in(priority, after, n)).await {
+        // No byte budget: a batch is at most `upstream.batch` events, each encoded into the
+        // request body anyway.
+        match tokio::task::spawn_blocking(move || store.pending_in(priority, after, n, usize::MAX))
+            .await
+        {
             Ok(Ok(rows)) => Ok(rows),
             // The buffer is being reopened after a write error (the writer reports it): look
             // again after the next commit.
