@@ -388,7 +388,9 @@ impl Envelope {
             )));
         }
         // minicbor's slice decoder borrows text instead of copying it through a reader's
-        // scratch buffer: about twice as fast as ciborium's `from_reader` here.
+        // scratch buffer: about twice as fast as ciborium's `from_reader` here. It reads text
+        // and byte strings of definite length only, and no tags: `to_cbor` writes neither, and
+        // an envelope that has them is refused as malformed.
         let wire_in::Read(mut w, _) = minicbor_serde::from_slice::<
             wire_in::Read<serde_bytes_buf::ByteBuf, ciborium::Value>,
         >(bytes)
@@ -415,7 +417,8 @@ impl Serialize for Bytes<'_> {
 }
 
 mod serde_bytes_buf {
-    /// Deserializes a CBOR byte string (or, leniently, an array of bytes).
+    /// Deserializes a CBOR byte string (a format whose bytes come as a sequence, as the generic
+    /// value's do, is read element by element).
     pub struct ByteBuf(pub Vec<u8>);
 
     impl<'de> serde::Deserialize<'de> for ByteBuf {
@@ -443,8 +446,8 @@ mod serde_bytes_buf {
                     Ok(ByteBuf(out))
                 }
             }
-            // Not `deserialize_bytes`: ciborium serves that only for byte strings that fit its
-            // 4 KiB scratch buffer; `deserialize_byte_buf` reads any length.
+            // `deserialize_byte_buf`: it reads any length, with any deserializer (ciborium's
+            // `deserialize_bytes` served only byte strings that fit its 4 KiB scratch buffer).
             d.deserialize_byte_buf(V)
         }
     }
@@ -593,8 +596,8 @@ mod tests {
         };
         // {"body": [[[...]]]}: a body before its kind is held as a generic value.
         let body_first = deep(b"\xa1\x64body");
-        // {"kind": "shipment_scan", "body": {"x": [[[...]]]}}
-        let body_after_kind = deep(b"\xa2\x64kind\x6dshipment_scan\x64body\xa1\x61x");
+        // {"kind": "shipment.scan", "body": {"x": [[[...]]]}}
+        let body_after_kind = deep(b"\xa2\x64kind\x6dshipment.scan\x64body\xa1\x61x");
         for bytes in [body_first, body_after_kind] {
             match Envelope::from_cbor(&bytes) {
                 Err(DecodeError::Malformed(why)) => assert!(why.contains("32 levels"), "{why}"),
