@@ -271,7 +271,7 @@ fn with_upstream_batch_a_backlog_goes_out_in_arrays_of_at_most_that_many_in_orde
     Ok(())
 }
 
-/// A backlog of several read chunks (2048 rows each) with `upstream.batch`: upstream reads the
+/// A backlog of several read chunks (1024 rows each) with `upstream.batch`: upstream reads the
 /// file a chunk ahead and decodes on the blocking pool (`upstream::reader`). Every event goes
 /// out once, in seq order, and a row damaged in the second chunk (nested a million arrays deep,
 /// which would overflow a decoding thread's stack) is set aside and reported instead.
@@ -349,7 +349,7 @@ fn with_upstream_batch_a_backlog_of_several_chunks_is_read_ahead_once_each_in_or
 }
 
 /// Large frames in the backlog: 64 readings of 1 MiB each. Upstream reads the file in chunks of
-/// at most 4 MiB (not 2048 rows: that would be all 64 MiB at once), so the agent drains them
+/// at most 4 MiB (not 1024 rows: that would be all 64 MiB at once), so the agent drains them
 /// in bounded memory, every one once and in order.
 #[test]
 fn a_backlog_of_1_mib_frames_drains_in_bounded_memory() -> Result<()> {

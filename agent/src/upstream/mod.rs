@@ -68,8 +68,11 @@ pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// How long a new connection waits for the previous one's acknowledgements to be committed.
 const SETTLED_WAIT: Duration = Duration::from_secs(2);
 
-/// Pending rows read from the buffer at once, ahead of the window.
-const READ_AHEAD: usize = 2048;
+/// Pending rows read from the buffer at once, ahead of the window. 1024 rather than 2048
+/// (measured, both benches, batch 100: drain 546k against 475k events/s, peak RSS 40 against
+/// 44 MiB; one event per message no slower): smaller chunks keep reading ahead and sending
+/// closer in step.
+const READ_AHEAD: usize = 1024;
 
 /// Bytes of PUBLISH packets queued before they are written (more wait for the next write).
 const WRITE_CHUNK: usize = 256 << 10;

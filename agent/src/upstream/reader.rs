@@ -43,7 +43,7 @@ pub enum ReadError {
 type Chunk = Result<Vec<PendingRow>, StoreError>;
 
 /// The CBOR a chunk read from the file holds at most, plus its last row (the one that reaches
-/// it): 2048 rows of 1 MiB frames would otherwise be 2 GiB in memory, twice over while reading
+/// it): 1024 rows of 1 MiB frames would otherwise be 1 GiB in memory, twice over while reading
 /// ahead.
 pub const CHUNK_BYTES: usize = 4 << 20;
 
