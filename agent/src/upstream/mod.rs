@@ -308,6 +308,13 @@ impl Upstream {
         self.config.upstream.batch_size()
     }
 
+    /// Where one priority's pending rows come from on a connection (working ahead only when
+    /// batching, see `reader`).
+    fn reader(&self, priority: Priority) -> Reader {
+        let (store, writer) = (self.store.clone(), self.writer.clone());
+        Reader::new(store, writer, priority, READ_AHEAD, self.batch() > 1)
+    }
+
     fn format(&self) -> Format {
         self.config.upstream.format()
     }
@@ -474,20 +481,8 @@ impl Upstream {
             ahead_high: VecDeque::new(),
             cursor_high: 0,
             caught_up_high: false,
-            reader: Reader::new(
-                self.store.clone(),
-                self.writer.clone(),
-                Priority::Normal,
-                READ_AHEAD,
-                self.batch() > 1,
-            ),
-            reader_high: Reader::new(
-                self.store.clone(),
-                self.writer.clone(),
-                Priority::High,
-                READ_AHEAD,
-                self.batch() > 1,
-            ),
+            reader: self.reader(Priority::Normal),
+            reader_high: self.reader(Priority::High),
         };
         match self.connected(&mut conn, backoff).await {
             Ok(()) => {}
