@@ -8,7 +8,8 @@
 //! round per side and phase is reported), `RECEIVE_MAXIMUM=n` sets the agent's MQTT source
 //! window (default: the agent's), `BATCH=n` sets the agent's `upstream.batch` (central then
 //! gets JSON arrays; every event in them is counted), `EDGE_AGENT_BIN` the agent binary (default: the release build
-//! next to this bench).
+//! next to this bench), `SIDES=agent` (or `bridge`) runs one side only, for profiling it
+//! (`perf record -a` around the run); no ratios are printed then.
 //!
 //! - bridge: device → site mosquitto (persistence, a bridge `connection` to central with
 //!   `cleansession false`, `topic bench/scan out 1`, `max_queued_messages 1000000`) → central.
@@ -16,7 +17,8 @@
 //!   `max_inflight` 200, `replay_rate` 1000000) → central.
 //! - every broker: `max_inflight_messages 200` (see `INFLIGHT`).
 //!
-//! The device is `mosquitto_pub -q 1 -l` (one GS1 SSCC barcode per line), central's consumer
+//! The device is `mosquitto_pub -q 1 -l` (one GS1 SSCC barcode per line, runs of 30,000 lines
+//! one after the other, see `FLOOD_CHUNK`), central's consumer
 //! `mosquitto_sub -q 1 -c` (a persistent session). Two phases per round, each with a fresh
 //! setup per round:
 //! - live: the subscriber waits at central; time from the first publish to the last reading
@@ -482,22 +484,40 @@ impl AgentProc {
     }
 }
 
-/// Writes N readings, one per line, for `mosquitto_pub -l`.
-fn readings_file(dir: &Path, n: usize, tag: u32) -> Result<PathBuf> {
-    let path = dir.join(format!("readings-{tag}.txt"));
-    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
-    for i in 0..n {
-        writeln!(f, "{}", sscc(tag, i))?;
+/// Lines per `mosquitto_pub -l` run. mosquitto_pub 2.0.11 publishes QoS 1 lines without waiting
+/// for their PUBACKs; past about 65,000 in flight it runs out of packet identifiers and the
+/// broker drops it ("disconnected due to out of memory" after 34,000-odd of 100,000), so a
+/// larger N is published by several runs one after the other.
+const FLOOD_CHUNK: usize = 30_000;
+
+/// Writes N readings, one per line, for `mosquitto_pub -l`: one file per `FLOOD_CHUNK`.
+fn readings_files(dir: &Path, n: usize, tag: u32) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for (k, start) in (0..n).step_by(FLOOD_CHUNK).enumerate() {
+        let path = dir.join(format!("readings-{tag}-{k}.txt"));
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for i in start..(start + FLOOD_CHUNK).min(n) {
+            writeln!(f, "{}", sscc(tag, i))?;
+        }
+        f.flush()?;
+        files.push(path);
     }
-    f.flush()?;
-    Ok(path)
+    Ok(files)
 }
 
-/// The device: `mosquitto_pub -q 1 -l` fed the file. Returns once it has published every
-/// line (each acknowledged by the site broker), with the time it took.
-fn flood(site: u16, file: &Path, dir: &Path) -> Result<f64> {
-    let err = dir.join("pub.err");
+/// The device: `mosquitto_pub -q 1 -l` fed each file in turn. Returns once it has published
+/// every line (each acknowledged by the site broker), with the time it took.
+fn flood(site: u16, files: &[PathBuf], dir: &Path) -> Result<f64> {
     let start = Instant::now();
+    for file in files {
+        publish_file(site, file, dir)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// One `mosquitto_pub -q 1 -l` run over one file, to its end.
+fn publish_file(site: u16, file: &Path, dir: &Path) -> Result<()> {
+    let err = dir.join("pub.err");
     let mut child = Guard(
         Some(spawn_client(
             Command::new("mosquitto_pub")
@@ -514,7 +534,6 @@ fn flood(site: u16, file: &Path, dir: &Path) -> Result<f64> {
     let status = wait_for("mosquitto_pub to finish", Duration::from_secs(600), || {
         c.try_wait().ok().flatten()
     })?;
-    let secs = start.elapsed().as_secs_f64();
     if !status.success() {
         bail!(
             "{}: mosquitto_pub exited {status}: {}",
@@ -522,7 +541,7 @@ fn flood(site: u16, file: &Path, dir: &Path) -> Result<f64> {
             std::fs::read_to_string(&err).unwrap_or_default()
         );
     }
-    Ok(secs)
+    Ok(())
 }
 
 /// Peak resident set size (VmHWM) of a process in KiB.
@@ -637,8 +656,8 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
     let dir = tempfile::tempdir()?;
     let live_tag = (round * 2 % 10) as u32;
     let backlog_tag = ((round * 2 + 1) % 10) as u32;
-    let live_file = readings_file(dir.path(), n, live_tag)?;
-    let backlog_file = readings_file(dir.path(), n, backlog_tag)?;
+    let live_files = readings_files(dir.path(), n, live_tag)?;
+    let backlog_files = readings_files(dir.path(), n, backlog_tag)?;
 
     let mut central = Broker::start_with(INFLIGHT).context("starting central's mosquitto")?;
     let site = match side {
@@ -676,7 +695,7 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
     let sub = Sub::start(central.port, side, &sub_id, live_tag, dir.path())?;
     sub.wait_subscribed(central.port)?;
     let t0 = (Instant::now(), Cpu::now(pid));
-    let publish_secs = flood(site.port, &live_file, dir.path())?;
+    let publish_secs = flood(site.port, &live_files, dir.path())?;
     let live = sub.finish(n, &what("live"), t0, publish_secs, pid)?;
     if let Some(a) = agent.as_mut() {
         a.wait("the live backlog to clear", DEADLINE, |s| s["backlog"] == 0)?;
@@ -684,7 +703,7 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
 
     // Backlog: central away while N readings arrive at the site.
     central.stop();
-    let publish_secs = flood(site.port, &backlog_file, dir.path())?;
+    let publish_secs = flood(site.port, &backlog_files, dir.path())?;
     match agent.as_mut() {
         Some(a) => a.wait(
             "the agent to store the backlog",
@@ -787,8 +806,15 @@ fn main() -> Result<()> {
         receive_maximum().map_or("default".into(), |n| n.to_string()),
         bin.display()
     );
-    let mut results: Vec<(Side, Vec<(Phase, Phase)>)> =
-        vec![(Side::Bridge, Vec::new()), (Side::Agent, Vec::new())];
+    let sides = std::env::var("SIDES").unwrap_or_else(|_| "bridge,agent".into());
+    let mut results: Vec<(Side, Vec<(Phase, Phase)>)> = [Side::Bridge, Side::Agent]
+        .into_iter()
+        .filter(|s| sides.split(',').any(|n| n.trim() == s.name()))
+        .map(|s| (s, Vec::new()))
+        .collect();
+    if results.is_empty() {
+        bail!("SIDES={sides}: name bridge, agent or both (comma-separated)");
+    }
     for r in 0..rounds {
         for (side, got) in results.iter_mut() {
             let (live, backlog) = round(*side, r, n)
@@ -839,7 +865,9 @@ fn main() -> Result<()> {
         }
         best_of.push((live, backlog));
     }
-    let (b, a) = (&best_of[0], &best_of[1]);
+    let [b, a] = best_of.as_slice() else {
+        return Ok(());
+    };
     println!(
         "time ratio agent/bridge: live {:.2}, backlog {:.2} (drain alone {:.2})",
         a.0.secs / b.0.secs,

@@ -1081,6 +1081,23 @@ pub fn write_backlog(path: &Path, n: u64) -> Result<()> {
     write_backlog_padded(path, n, 0)
 }
 
+/// Events delivered from a backlog of [`write_backlog_padded`] with `raw_len` 1 MiB: seq 1 to
+/// `n`, once each, in order, each with its whole frame.
+pub fn check_padded_backlog(events: &[Value], n: u64) -> Result<()> {
+    let seqs: Vec<u64> = events.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    anyhow::ensure!(
+        seqs == (1..=n).collect::<Vec<_>>(),
+        "once each, in order: {seqs:?}"
+    );
+    anyhow::ensure!(
+        events
+            .iter()
+            .all(|e| e["raw"].as_str().is_some_and(|r| r.len() > 1_000_000)),
+        "every event carries its whole frame"
+    );
+    Ok(())
+}
+
 /// [`write_backlog`] with each reading's `raw` padded to at least `raw_len` bytes (large
 /// frames), committed in groups of at most 64 MiB.
 pub fn write_backlog_padded(path: &Path, n: u64, raw_len: usize) -> Result<()> {

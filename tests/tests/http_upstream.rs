@@ -481,3 +481,28 @@ fn a_full_disk_while_delivering_over_http_is_reported_and_every_reading_arrives_
     .map_err(|e| anyhow!("{e}\n{}", agent.log()))?;
     Ok(())
 }
+
+/// A backlog of 1 MiB frames (`max_frame` allows them) with the default `upstream.batch` of
+/// 100: each request carries at most 4 MiB of stored events plus the one that reaches it
+/// (here 4 events), never the whole backlog in one body, and every
+/// event arrives once, in order.
+#[test]
+fn a_backlog_of_1_mib_frames_goes_in_requests_of_about_4_mib_once_each_in_order() -> Result<()> {
+    const N: u64 = 24;
+    let mut endpoint = Endpoint::new(None)?;
+    endpoint.start()?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("buffer.redb");
+    edge_tests::write_backlog_padded(&path, N, 1 << 20)?;
+    let text = agent_config(&format!("url = \"{}\"", endpoint.url()), "", "")
+        .replace("{dir}/buffer.redb", &path.to_string_lossy());
+    let agent = Agent::start(&text)?;
+    let events = endpoint.wait_delivered(N as usize, &agent)?;
+    edge_tests::check_padded_backlog(&events, N)?;
+    let sizes: Vec<usize> = endpoint.requests().iter().map(|r| r.ids.len()).collect();
+    ensure!(
+        sizes.iter().all(|&n| n <= 4),
+        "events per request, with 4 MiB of stored events at most plus the one reaching it: {sizes:?}"
+    );
+    Ok(())
+}

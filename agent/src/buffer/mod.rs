@@ -75,7 +75,7 @@ mod writer;
 
 pub use receipts::{Allocation, Digest, Forget, Receipt, Stored as StoredReceipts};
 pub use store::{
-    inspect, read_full, BufferStats, Capacity, CommitOutcome, Inspection, NewRow, PendingRow,
+    inspect, BufferStats, Capacity, CommitOutcome, Inspection, NewRow, PendingRow, ReadLimit,
     Settlement, Store, StoreError,
 };
 pub use writer::{spawn_writer, Appended, Reading, WriterClosed, WriterHandle};

@@ -212,10 +212,36 @@ impl PendingRow {
     }
 }
 
-/// Whether a read of at most `limit` rows and `max_bytes` ([`Store::pending_in`]) stopped at
-/// either bound, so that more rows may follow `rows`.
-pub fn read_full(rows: &[PendingRow], limit: usize, max_bytes: usize) -> bool {
-    rows.len() >= limit || rows.iter().map(|r| r.cbor.len()).sum::<usize>() >= max_bytes
+/// How much one read of stored events takes, at most: `rows` rows, and no more once their
+/// CBOR reaches `bytes` (the row that reaches it is the last, so a row larger than `bytes`
+/// comes alone and nothing is ever stuck behind it). The one rule for every read of events
+/// on their way upstream (the file, the writer's tail, replays), so that what a read holds in
+/// memory does not grow with `max_frame`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    pub rows: usize,
+    pub bytes: usize,
+}
+
+impl ReadLimit {
+    /// Whether a read that holds `rows` rows of `bytes` bytes may take one more.
+    pub fn takes_more(&self, rows: usize, bytes: usize) -> bool {
+        rows < self.rows && bytes < self.bytes
+    }
+
+    /// Whether a read stopped at this limit, so that more rows may follow `rows`.
+    pub fn reached_by(&self, rows: &[PendingRow]) -> bool {
+        !self.takes_more(rows.len(), rows.iter().map(|r| r.cbor.len()).sum())
+    }
+
+    /// What is left of this limit after `rows` rows of `bytes` bytes (a read that goes on
+    /// where they end keeps to the same rule as one that read them too).
+    pub fn after(&self, rows: usize, bytes: usize) -> ReadLimit {
+        ReadLimit {
+            rows: self.rows.saturating_sub(rows),
+            bytes: self.bytes.saturating_sub(bytes),
+        }
+    }
 }
 
 /// Counts for status and `inspect`.
@@ -531,22 +557,24 @@ impl Store {
 
     /// Up to `limit` pending events of either priority with seq above `after`, in seq order.
     pub fn pending_after(&self, after: u64, limit: usize) -> Result<Vec<PendingRow>, StoreError> {
-        let mut rows = self.pending_in(Priority::High, after, limit, usize::MAX)?;
-        rows.extend(self.pending_in(Priority::Normal, after, limit, usize::MAX)?);
+        let each = ReadLimit {
+            rows: limit,
+            bytes: usize::MAX,
+        };
+        let mut rows = self.pending_in(Priority::High, after, each)?;
+        rows.extend(self.pending_in(Priority::Normal, after, each)?);
         rows.sort_by_key(|r| r.seq);
         rows.truncate(limit);
         Ok(rows)
     }
 
-    /// Pending events of one priority with seq above `after`, in seq order: up to `limit` of
-    /// them, and no more once their CBOR reaches `max_bytes` (the row that reaches it is the
-    /// last; a row larger than that comes alone). [`read_full`] tells whether more may follow.
+    /// Pending events of one priority with seq above `after`, in seq order, within `limit`.
+    /// [`ReadLimit::reached_by`] tells whether more may follow.
     pub fn pending_in(
         &self,
         priority: Priority,
         after: u64,
-        limit: usize,
-        max_bytes: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<PendingRow>, StoreError> {
         let txn = self.db()?.begin_read()?;
         let pending = txn.open_table(match priority {
@@ -554,10 +582,10 @@ impl Store {
             Priority::Normal => PENDING,
         })?;
         let ev = txn.open_table(EVENTS)?;
-        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut out = Vec::with_capacity(limit.rows.min(1024));
         let mut bytes = 0usize;
         for row in pending.range((after + 1)..)? {
-            if out.len() >= limit || bytes >= max_bytes {
+            if !limit.takes_more(out.len(), bytes) {
                 break;
             }
             let seq = row?.0.value();
@@ -592,15 +620,15 @@ impl Store {
             .clone()
     }
 
-    /// Delivered events observed in `[since_ms, until_ms]`, in seq order from seq `from`: up to
-    /// `limit` of them, looking at no more than `scan` rows. Returns them and the seq to go on
+    /// Delivered events observed in `[since_ms, until_ms]`, in seq order from seq `from`, within
+    /// `limit`, looking at no more than `scan` rows. Returns them and the seq to go on
     /// from (None when the table is exhausted).
     pub fn delivered_in_window(
         &self,
         from: u64,
         since_ms: u64,
         until_ms: u64,
-        limit: usize,
+        limit: ReadLimit,
         scan: usize,
     ) -> Result<(Vec<PendingRow>, Option<u64>), StoreError> {
         let txn = self.db()?.begin_read()?;
@@ -608,11 +636,12 @@ impl Store {
         let pending = txn.open_table(PENDING)?;
         let pending_high = txn.open_table(PENDING_HIGH)?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         let mut next = None;
         for (looked, row) in ev.range(from..)?.enumerate() {
             let (k, v) = row?;
             let seq = k.value();
-            if out.len() >= limit || looked >= scan {
+            if !limit.takes_more(out.len(), bytes) || looked >= scan {
                 next = Some(seq);
                 break;
             }
@@ -626,6 +655,7 @@ impl Store {
             {
                 continue;
             }
+            bytes = bytes.saturating_add(cbor.len());
             out.push(PendingRow {
                 seq,
                 observed_ms,
@@ -999,7 +1029,9 @@ mod tests {
     }
 
     /// Rows of 100 bytes read with a 250-byte budget: three (the third reaches it), then a
-    /// 1,000-byte row alone; `read_full` says more may follow exactly when a bound was reached.
+    /// 1,000-byte row alone; `reached_by` says more may follow exactly when a bound was reached,
+    /// and a read that goes on after a part with what is left of the limit ends where one read
+    /// would have.
     #[test]
     fn a_read_stops_once_its_rows_reach_the_byte_budget() {
         let (_dir, s) = store();
@@ -1008,9 +1040,10 @@ mod tests {
         rows.push(row(7, 7, vec![0; 100]));
         s.commit(&rows, &[], 8, Capacity::unlimited())
             .unwrap_or_else(|e| panic!("{e}"));
-        let read = |after, limit, max| -> Vec<u64> {
+        let limit = |rows, bytes| ReadLimit { rows, bytes };
+        let read = |after, rows, bytes| -> Vec<u64> {
             let rows = s
-                .pending_in(Priority::Normal, after, limit, max)
+                .pending_in(Priority::Normal, after, limit(rows, bytes))
                 .unwrap_or_else(|e| panic!("{e}"));
             rows.iter().map(|r| r.seq).collect()
         };
@@ -1018,16 +1051,23 @@ mod tests {
         assert_eq!(read(5, 10, 250), vec![6]);
         assert_eq!(read(0, 2, 250), vec![1, 2]);
         assert_eq!(read(0, 10, usize::MAX), vec![1, 2, 3, 4, 5, 6, 7]);
-        let full = |after, limit, max| {
-            let rows = s
-                .pending_in(Priority::Normal, after, limit, max)
+        let full = |after, rows, bytes| {
+            let read = s
+                .pending_in(Priority::Normal, after, limit(rows, bytes))
                 .unwrap_or_else(|e| panic!("{e}"));
-            read_full(&rows, limit, max)
+            limit(rows, bytes).reached_by(&read)
         };
         assert!(full(0, 10, 250), "stopped at the budget");
         assert!(full(0, 2, 10_000), "stopped at the limit");
         assert!(!full(0, 10, 10_000), "all of it: 1,600 bytes in 7 rows");
         assert!(!full(6, 10, 250), "the last row alone");
+        // Two rows (200 bytes) first, then the rest of a 250-byte limit: row 3, as one read.
+        let rest = limit(10, 250).after(2, 200);
+        let more = s
+            .pending_in(Priority::Normal, 2, rest)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(more.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![3]);
+        assert!(rest.reached_by(&more));
     }
 
     #[test]
@@ -1103,11 +1143,18 @@ mod tests {
         s.commit_with(&rows, &settle(&[], &[], &high), 7, Capacity::unlimited())
             .unwrap_or_else(|e| panic!("{e}"));
         let seqs = |p| -> Vec<u64> {
-            s.pending_in(p, 0, 10, usize::MAX)
-                .unwrap_or_default()
-                .iter()
-                .map(|r| r.seq)
-                .collect()
+            s.pending_in(
+                p,
+                0,
+                ReadLimit {
+                    rows: 10,
+                    bytes: usize::MAX,
+                },
+            )
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.seq)
+            .collect()
         };
         assert_eq!(seqs(Priority::High), vec![2, 4, 5]);
         assert_eq!(seqs(Priority::Normal), vec![1, 3, 6]);
@@ -1138,7 +1185,16 @@ mod tests {
         assert_eq!(all, vec![2, 3, 6]);
         // Delivered (1, 4) are in neither table; a replay window finds them, not pending ones.
         let (delivered, _) = s
-            .delivered_in_window(0, 0, u64::MAX, 10, 100)
+            .delivered_in_window(
+                0,
+                0,
+                u64::MAX,
+                ReadLimit {
+                    rows: 10,
+                    bytes: usize::MAX,
+                },
+                100,
+            )
             .unwrap_or_default();
         let delivered: Vec<u64> = delivered.iter().map(|r| r.seq).collect();
         assert!(

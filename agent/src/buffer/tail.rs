@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::store::PendingRow;
+use super::store::{PendingRow, ReadLimit};
 use crate::config::Priority;
 
 /// Rows kept per priority, at most (about 1 KiB each with its envelope) ...
@@ -103,9 +103,15 @@ impl Tail {
         }
     }
 
-    /// Up to `limit` pending rows of `priority` after seq `after`, if the tail has all of
-    /// them (`None`: read the file). `Some` of fewer than `limit`: that is all committed.
-    pub fn take(&self, priority: Priority, after: u64, limit: usize) -> Option<Vec<PendingRow>> {
+    /// The pending rows of `priority` after seq `after` within `limit` (as a read of the
+    /// file would give them), if the tail has all of them (`None`: read the file). `Some`
+    /// that does not reach `limit`: that is all committed.
+    pub fn take(
+        &self,
+        priority: Priority,
+        after: u64,
+        limit: ReadLimit,
+    ) -> Option<Vec<PendingRow>> {
         let mut part = self.part(priority);
         if after < part.from {
             return None;
@@ -116,7 +122,11 @@ impl Tail {
             }
         }
         part.from = after;
-        let n = limit.min(part.rows.len());
+        let (mut n, mut bytes) = (0, 0);
+        while let Some(r) = part.rows.get(n).filter(|_| limit.takes_more(n, bytes)) {
+            bytes += r.cbor.len();
+            n += 1;
+        }
         let rows: Vec<PendingRow> = part.rows.drain(..n).collect();
         part.bytes -= rows.iter().map(cost).sum::<usize>();
         if let Some(last) = rows.last() {
@@ -139,6 +149,13 @@ mod tests {
         }
     }
 
+    fn rows(n: usize) -> ReadLimit {
+        ReadLimit {
+            rows: n,
+            bytes: usize::MAX,
+        }
+    }
+
     fn seqs(rows: Option<Vec<PendingRow>>) -> Option<Vec<u64>> {
         rows.map(|r| r.iter().map(|r| r.seq).collect())
     }
@@ -150,16 +167,26 @@ mod tests {
             t.push([(Priority::Normal, row(s))]);
         }
         assert_eq!(
-            seqs(t.take(Priority::Normal, 0, 100)),
+            seqs(t.take(Priority::Normal, 0, rows(100))),
             None,
             "behind: the file"
         );
-        assert_eq!(seqs(t.take(Priority::Normal, 10, 2)), Some(vec![11, 12]));
-        assert_eq!(seqs(t.take(Priority::Normal, 12, 100)), Some(vec![13, 14]));
-        assert_eq!(seqs(t.take(Priority::Normal, 14, 100)), Some(vec![]));
-        assert_eq!(seqs(t.take(Priority::High, 10, 100)), Some(vec![]), "apart");
+        assert_eq!(
+            seqs(t.take(Priority::Normal, 10, rows(2))),
+            Some(vec![11, 12])
+        );
+        assert_eq!(
+            seqs(t.take(Priority::Normal, 12, rows(100))),
+            Some(vec![13, 14])
+        );
+        assert_eq!(seqs(t.take(Priority::Normal, 14, rows(100))), Some(vec![]));
+        assert_eq!(
+            seqs(t.take(Priority::High, 10, rows(100))),
+            Some(vec![]),
+            "apart"
+        );
         // A reconnect starts over from the file.
-        assert_eq!(seqs(t.take(Priority::Normal, 0, 100)), None);
+        assert_eq!(seqs(t.take(Priority::Normal, 0, rows(100))), None);
     }
 
     #[test]
@@ -169,14 +196,17 @@ mod tests {
             t.push([(Priority::Normal, row(s))]);
         }
         // The reader read 1..=3 from the file: those leave the tail.
-        assert_eq!(seqs(t.take(Priority::Normal, 3, 100)), Some(vec![4, 5]));
+        assert_eq!(
+            seqs(t.take(Priority::Normal, 3, rows(100))),
+            Some(vec![4, 5])
+        );
         // A row the reader read from the file before the writer put it here is not kept.
         let t = Tail::new(1);
-        assert_eq!(seqs(t.take(Priority::Normal, 7, 100)), Some(vec![]));
+        assert_eq!(seqs(t.take(Priority::Normal, 7, rows(100))), Some(vec![]));
         for s in 1..=8 {
             t.push([(Priority::Normal, row(s))]);
         }
-        assert_eq!(seqs(t.take(Priority::Normal, 7, 100)), Some(vec![8]));
+        assert_eq!(seqs(t.take(Priority::Normal, 7, rows(100))), Some(vec![8]));
     }
 
     #[test]
@@ -185,8 +215,12 @@ mod tests {
         for s in 1..=(TAIL_ROWS as u64 + 3) {
             t.push([(Priority::Normal, row(s))]);
         }
-        assert_eq!(seqs(t.take(Priority::Normal, 2, 1)), None, "row 3 is gone");
-        assert_eq!(seqs(t.take(Priority::Normal, 3, 1)), Some(vec![4]));
+        assert_eq!(
+            seqs(t.take(Priority::Normal, 2, rows(1))),
+            None,
+            "row 3 is gone"
+        );
+        assert_eq!(seqs(t.take(Priority::Normal, 3, rows(1))), Some(vec![4]));
     }
 
     #[test]
@@ -208,11 +242,40 @@ mod tests {
         );
         assert_eq!(part.from, 7);
         drop(part);
-        assert_eq!(seqs(t.take(Priority::Normal, 7, 10)), Some(vec![8, 9, 10]));
+        assert_eq!(
+            seqs(t.take(Priority::Normal, 7, rows(10))),
+            Some(vec![8, 9, 10])
+        );
         assert_eq!(
             t.part(Priority::Normal).bytes,
             0,
             "taking gives the bytes back"
         );
+    }
+
+    /// Rows of 100 bytes taken with a 250-byte limit: three (the third reaches it), as the
+    /// file gives them; a row larger than the limit comes alone.
+    #[test]
+    fn a_take_stops_once_its_rows_reach_the_byte_limit_as_a_read_of_the_file_does() {
+        let t = Tail::new(1);
+        for s in 1..=5 {
+            t.push([(
+                Priority::Normal,
+                PendingRow {
+                    cbor: vec![0; if s == 4 { 1000 } else { 100 }],
+                    ..row(s)
+                },
+            )]);
+        }
+        let limit = ReadLimit {
+            rows: 10,
+            bytes: 250,
+        };
+        assert_eq!(
+            seqs(t.take(Priority::Normal, 0, limit)),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(seqs(t.take(Priority::Normal, 3, limit)), Some(vec![4]));
+        assert_eq!(seqs(t.take(Priority::Normal, 4, limit)), Some(vec![5]));
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::receipts::{Forget, Receipt};
-use super::store::{Capacity, CommitOutcome, NewRow, PendingRow, Settlement, Store};
+use super::store::{Capacity, CommitOutcome, NewRow, PendingRow, ReadLimit, Settlement, Store};
 use super::tail::Tail;
 use crate::config::Priority;
 use crate::status::StatusBoard;
@@ -274,13 +274,13 @@ impl WriterHandle {
         self.routes.send_replace(Arc::new(routes));
     }
 
-    /// Up to `limit` pending rows of `priority` after seq `after` from memory, if the newest
+    /// The pending rows of `priority` after seq `after` within `limit` from memory, if the newest
     /// commits hold all of them (`None`: read them from the file). See `tail`.
     pub fn take_committed(
         &self,
         priority: Priority,
         after: u64,
-        limit: usize,
+        limit: ReadLimit,
     ) -> Option<Vec<PendingRow>> {
         self.tail.take(priority, after, limit)
     }

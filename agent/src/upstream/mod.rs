@@ -46,7 +46,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::buffer::{PendingRow, Store, WriterHandle};
+use crate::buffer::{PendingRow, ReadLimit, Store, WriterHandle};
 use crate::config::{parse_mqtt_url, Config, Format, Priority};
 use crate::control::plane::{Heard, UpstreamLink};
 use crate::control::replay::ReplayRequest;
@@ -885,8 +885,12 @@ impl Upstream {
         }
         let store = self.store.clone();
         let (from, since, until) = (job.next_seq, job.since_ms, job.until_ms);
+        let limit = ReadLimit {
+            rows: allowed,
+            bytes: reader::CHUNK_BYTES,
+        };
         let (rows, next) = tokio::task::spawn_blocking(move || {
-            store.delivered_in_window(from, since, until, allowed, 50_000)
+            store.delivered_in_window(from, since, until, limit, 50_000)
         })
         .await
         .map_err(|e| format!("reading the buffer: {e}"))?

@@ -25,7 +25,7 @@ use edge_protocol::Envelope;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::buffer::{read_full, PendingRow, Store, StoreError, WriterHandle};
+use crate::buffer::{PendingRow, ReadLimit, Store, StoreError, WriterHandle};
 use crate::config::Priority;
 
 /// What a read gave besides rows.
@@ -42,8 +42,8 @@ pub enum ReadError {
 
 type Chunk = Result<Vec<PendingRow>, StoreError>;
 
-/// The CBOR a chunk read from the file holds at most, plus its last row (the one that reaches
-/// it): 1024 rows of 1 MiB frames would otherwise be 1 GiB in memory, twice over while reading
+/// The CBOR a chunk (from the file or the writer's tail) holds at most, plus its last row (the
+/// one that reaches it): 1024 rows of 1 MiB frames would otherwise be 1 GiB in memory, twice over while reading
 /// ahead.
 pub const CHUNK_BYTES: usize = 4 << 20;
 
@@ -51,8 +51,8 @@ pub struct Reader {
     store: Store,
     writer: WriterHandle,
     priority: Priority,
-    /// Rows per read (and at most [`CHUNK_BYTES`]).
-    chunk: usize,
+    /// Rows per read, and at most [`CHUNK_BYTES`].
+    limit: ReadLimit,
     /// Decode on the blocking pool and read the next chunk ahead (see the module note).
     ahead: bool,
     /// This priority's highest committed seq (the writer's signal).
@@ -77,7 +77,10 @@ impl Reader {
             store,
             writer,
             priority,
-            chunk,
+            limit: ReadLimit {
+                rows: chunk,
+                bytes: CHUNK_BYTES,
+            },
             ahead,
             committed,
             next: None,
@@ -94,17 +97,17 @@ impl Reader {
             let stale = *self.committed.borrow() != mark;
             // Nothing then but something committed since: read again now.
             if !(rows.is_empty() && stale) {
-                let full = stale || read_full(&rows, self.chunk, CHUNK_BYTES);
+                let full = stale || self.limit.reached_by(&rows);
                 self.read_on(&rows, full);
                 return Ok((rows, full));
             }
         }
-        if let Some(rows) = self.writer.take_committed(self.priority, after, self.chunk) {
-            let full = rows.len() >= self.chunk;
+        if let Some(rows) = self.writer.take_committed(self.priority, after, self.limit) {
+            let full = self.limit.reached_by(&rows);
             return Ok((rows, full));
         }
         let rows = self.spawn(after).await??;
-        let full = read_full(&rows, self.chunk, CHUNK_BYTES);
+        let full = self.limit.reached_by(&rows);
         self.read_on(&rows, full);
         Ok((rows, full))
     }
@@ -121,10 +124,10 @@ impl Reader {
     /// envelopes there (a row that does not decode is left for upstream to decode again and
     /// set aside).
     fn spawn(&self, after: u64) -> JoinHandle<Chunk> {
-        let (store, priority, chunk, decode) =
-            (self.store.clone(), self.priority, self.chunk, self.ahead);
+        let (store, priority, limit, decode) =
+            (self.store.clone(), self.priority, self.limit, self.ahead);
         tokio::task::spawn_blocking(move || {
-            let mut rows = store.pending_in(priority, after, chunk, CHUNK_BYTES)?;
+            let mut rows = store.pending_in(priority, after, limit)?;
             if decode {
                 for row in &mut rows {
                     row.env = Envelope::from_cbor(&row.cbor).ok().map(Box::new);

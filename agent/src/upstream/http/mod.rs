@@ -17,6 +17,12 @@
 //!
 //! Replays (control socket, `cmd/replay` on `control.broker`) are sent after the backlog, in
 //! batches marked `"replayed": true` whose key differs from the original batch's.
+//!
+//! A batch is at most `upstream.batch` events and at most [`BATCH_BYTES`] of them as stored
+//! (plus the event that reaches it; an event larger than that goes alone), so that large
+//! frames (`max_frame` up to 1 MiB) cannot make one request, and the memory that holds it,
+//! hundreds of MiB. Both bounds depend only on what is stored, so a restart cuts the same
+//! batch again.
 
 pub mod answer;
 mod client;
@@ -32,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use super::rate::TokenBucket;
 use super::{encode, Limits, ReplayJob, DRAIN_DEADLINE, HEARTBEAT};
 use crate::backoff::Backoff;
-use crate::buffer::{PendingRow, Store, WriterHandle};
+use crate::buffer::{PendingRow, ReadLimit, Store, WriterHandle};
 use crate::config::{parse_http_url, Config, Format, Priority};
 use crate::control::replay::ReplayRequest;
 use crate::status::StatusBoard;
@@ -52,11 +58,16 @@ pub struct HttpUpstream {
     pub limits: watch::Receiver<Limits>,
 }
 
+/// The stored CBOR of a batch's events, at most, plus the event that reaches it.
+pub const BATCH_BYTES: usize = super::reader::CHUNK_BYTES;
+
 /// One event of a batch, encoded.
 struct Item {
     seq: u64,
     id: String,
     payload: Vec<u8>,
+    /// Its CBOR's length as stored (what `BATCH_BYTES` counts).
+    stored: usize,
 }
 
 /// Events sent in one request, until the endpoint decides about them.
@@ -80,6 +91,19 @@ struct Batch {
 impl Batch {
     fn replay(&self) -> bool {
         self.priority.is_none()
+    }
+
+    /// What a batch of `upstream.batch` events may hold.
+    fn limit(batch: usize) -> ReadLimit {
+        ReadLimit {
+            rows: batch,
+            bytes: BATCH_BYTES,
+        }
+    }
+
+    /// What may still join it.
+    fn room(&self, batch: usize) -> ReadLimit {
+        Batch::limit(batch).after(self.items.len(), self.items.iter().map(|i| i.stored).sum())
     }
 
     fn post(&self, content_type: &'static str) -> Post {
@@ -366,7 +390,7 @@ impl HttpUpstream {
                     Priority::High => &mut cursors.high,
                     Priority::Normal => &mut cursors.normal,
                 };
-                let rows = self.read(priority, *cursor, allowed).await?;
+                let rows = self.read(priority, *cursor, Batch::limit(allowed)).await?;
                 let Some(last) = rows.last() else { continue };
                 *cursor = last.seq;
                 let items = self.items(rows, false)?;
@@ -389,7 +413,7 @@ impl HttpUpstream {
         let store = self.store.clone();
         let (from, since, until) = (job.next_seq, job.since_ms, job.until_ms);
         let (rows, next) = tokio::task::spawn_blocking(move || {
-            store.delivered_in_window(from, since, until, allowed, 50_000)
+            store.delivered_in_window(from, since, until, Batch::limit(allowed), 50_000)
         })
         .await
         .map_err(|e| format!("reading the buffer: {e}"))?
@@ -410,13 +434,14 @@ impl HttpUpstream {
         }))
     }
 
-    /// Adds to a batch that may grow the events pending after it, up to `upstream.batch`.
+    /// Adds to a batch that may grow the events pending after it, up to `upstream.batch` and
+    /// `BATCH_BYTES`: it ends where one read of them all would have ended.
     async fn top_up(&self, batch: &mut Batch, cursors: &mut Cursors) -> Result<(), String> {
-        let want = self.config.upstream.batch_size();
         let Some(priority) = batch.priority.filter(|_| batch.may_grow) else {
             return Ok(());
         };
-        if batch.items.len() >= want {
+        let room = batch.room(self.config.upstream.batch_size());
+        if !room.takes_more(0, 0) {
             return Ok(());
         }
         // Nothing else was read meanwhile: the cursor is where this batch ends.
@@ -424,9 +449,7 @@ impl HttpUpstream {
             Priority::High => &mut cursors.high,
             Priority::Normal => &mut cursors.normal,
         };
-        let rows = self
-            .read(priority, *cursor, want - batch.items.len())
-            .await?;
+        let rows = self.read(priority, *cursor, room).await?;
         if let Some(last) = rows.last() {
             *cursor = last.seq;
         }
@@ -463,17 +486,13 @@ impl HttpUpstream {
         &self,
         priority: Priority,
         after: u64,
-        n: usize,
+        limit: ReadLimit,
     ) -> Result<Vec<PendingRow>, String> {
-        if let Some(rows) = self.writer.take_committed(priority, after, n) {
+        if let Some(rows) = self.writer.take_committed(priority, after, limit) {
             return Ok(rows);
         }
         let store = self.store.clone();
-        // No byte budget: a batch is at most `upstream.batch` events, each encoded into the
-        // request body anyway.
-        match tokio::task::spawn_blocking(move || store.pending_in(priority, after, n, usize::MAX))
-            .await
-        {
+        match tokio::task::spawn_blocking(move || store.pending_in(priority, after, limit)).await {
             Ok(Ok(rows)) => Ok(rows),
             // The buffer is being reopened after a write error (the writer reports it): look
             // again after the next commit.
@@ -512,6 +531,7 @@ impl HttpUpstream {
                 seq: row.seq,
                 payload: encode::envelope(format, &env),
                 id: env.id,
+                stored: row.cbor.len(),
             });
         }
         Ok(items)
