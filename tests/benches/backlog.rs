@@ -6,6 +6,7 @@
 //!
 //! `N=n` events (default 1,000,000), `FORMAT=json` (default cbor) and `BATCH=n` (default: the
 //! agent's, one event per message) set the upstream side; `EDGE_AGENT_BIN` the agent binary.
+//! The agent runs with its systemd unit's environment (`MALLOC_ARENA_MAX=2`).
 
 use std::time::{Duration, Instant};
 
@@ -52,7 +53,12 @@ fn main() -> Result<()> {
     );
 
     let counted = count_upstream(central.port)?;
-    let mut agent = Agent::start(&text.replace("{dir}/buffer.redb", &path.display().to_string()))?;
+    let env = edge_tests::unit_environment();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut agent = Agent::start_with_env(
+        &text.replace("{dir}/buffer.redb", &path.display().to_string()),
+        &env,
+    )?;
     let start = Instant::now();
     wait_for(
         "the agent to answer with its backlog",

@@ -14,7 +14,8 @@
 //! - bridge: device → site mosquitto (persistence, a bridge `connection` to central with
 //!   `cleansession false`, `topic bench/scan out 1`, `max_queued_messages 1000000`) → central.
 //! - agent: device → site mosquitto → edge-agent (`sources.mqtt`, decoder barcode, format json,
-//!   `max_inflight` 200, `replay_rate` 1000000) → central.
+//!   `max_inflight` 200, `replay_rate` 1000000) → central. The agent runs with its systemd
+//!   unit's environment (`MALLOC_ARENA_MAX=2`; set it in the bench's environment to override).
 //! - every broker: `max_inflight_messages 200` (see `INFLIGHT`).
 //!
 //! The device is `mosquitto_pub -q 1 -l` (one GS1 SSCC barcode per line, runs of 30,000 lines
@@ -426,6 +427,7 @@ impl AgentProc {
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
+            .envs(edge_tests::unit_environment())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("agent.log"))?)
             .spawn()
@@ -802,9 +804,10 @@ fn main() -> Result<()> {
         .wait()?;
     }
     println!(
-        "agent vs mosquitto bridge: {n} readings per phase, {rounds} round(s), QoS 1, agent receive_maximum {}, agent {}",
+        "agent vs mosquitto bridge: {n} readings per phase, {rounds} round(s), QoS 1, agent receive_maximum {}, agent {} with {:?} (its systemd unit's environment)",
         receive_maximum().map_or("default".into(), |n| n.to_string()),
-        bin.display()
+        bin.display(),
+        edge_tests::unit_environment()
     );
     let sides = std::env::var("SIDES").unwrap_or_else(|_| "bridge,agent".into());
     let mut results: Vec<(Side, Vec<(Phase, Phase)>)> = [Side::Bridge, Side::Agent]

@@ -41,6 +41,22 @@ pub fn wait_for<T>(
     }
 }
 
+/// The `Environment=` settings of `systemd/edge-agent.service` (today `MALLOC_ARENA_MAX=2`), so
+/// that a bench runs the agent as a site's systemd does; a variable already set in the bench's
+/// own environment is left to that value. Empty if the unit file cannot be read.
+pub fn unit_environment() -> Vec<(String, String)> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/edge-agent.service");
+    std::fs::read_to_string(unit)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Environment="))
+        .flat_map(str::split_whitespace)
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| std::env::var_os(k).is_none())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// The `edge-agent` binary under test: `$EDGE_AGENT_BIN`, else the one cargo built next to
 /// this test executable.
 pub fn agent_bin() -> PathBuf {
