@@ -9,7 +9,12 @@
 //! window (default: the agent's), `BATCH=n` sets the agent's `upstream.batch` (central then
 //! gets JSON arrays; every event in them is counted), `EDGE_AGENT_BIN` the agent binary (default: the release build
 //! next to this bench), `SIDES=agent` (or `bridge`) runs one side only, for profiling it
-//! (`perf record -a` around the run); no ratios are printed then.
+//! (`perf record -a` around the run); no ratios are printed then. `RATE=n` paces the live
+//! phase at n readings/s, as a site's devices send (the flood is far above any site's rate):
+//! the device is then one MQTT client (rumqttc) publishing reading `i` at `i / n` s, and each
+//! side gets its latency from publish to central (median, 99th percentile, worst) and its CPU
+//! per reading; the live time ratio means nothing then (both take N / n s). E.g.
+//! `RATE=1000 N=10000 ROUNDS=1`.
 //!
 //! - bridge: device → site mosquitto (persistence, a bridge `connection` to central with
 //!   `cleansession false`, `topic bench/scan out 1`, `max_queued_messages 1000000`) → central.
@@ -41,7 +46,7 @@
 //! worst round). Duplicates: readings received more than once at central (agent: also how many
 //! of them carried an `id` already seen, i.e. upstream resent them).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -89,6 +94,9 @@ struct Phase {
     own_cpu: f64,
     dupes: u64,
     dupe_ids: u64,
+    /// With `RATE` (a paced live phase): each reading's time from its publish at the device to
+    /// its arrival at central, ms: median, 99th percentile, worst. Zero otherwise.
+    latency_ms: [f64; 3],
 }
 
 fn env_usize(name: &str, default: usize) -> Result<usize> {
@@ -167,6 +175,8 @@ struct Seen {
     probes: u64,
     first: Option<Instant>,
     last_new: Option<Instant>,
+    /// Each reading's first arrival.
+    arrivals: HashMap<String, Instant>,
 }
 
 impl Seen {
@@ -221,7 +231,8 @@ impl Seen {
             match reading {
                 Some(r) if r.starts_with(want) => {
                     self.first.get_or_insert(now);
-                    if self.readings.insert(r) {
+                    if self.readings.insert(r.clone()) {
+                        self.arrivals.insert(r, now);
                         self.last_new = Some(now);
                     } else {
                         self.dupes += 1;
@@ -244,6 +255,7 @@ struct Sub {
     child: Guard,
     stderr: PathBuf,
     side: Side,
+    tag: u32,
     want: String,
 }
 
@@ -284,6 +296,7 @@ impl Sub {
             child: Guard(Some(child), "mosquitto_sub"),
             stderr,
             side,
+            tag,
             want: prefix(tag),
         })
     }
@@ -382,11 +395,16 @@ impl Sub {
         n: usize,
         what: &str,
         (t0, cpu0): (Instant, Cpu),
-        publish_secs: f64,
+        device: Device,
         pid: u32,
     ) -> Result<Phase> {
         let (first, last, cpu) = self.wait_all(n, what, pid)?;
         let (dupes, dupe_ids) = self.counts();
+        let latency_ms = match &device.sent {
+            Some(sent) => self.latency_ms(sent)?,
+            None => [0.0; 3],
+        };
+        let publish_secs = device.secs;
         let phase = Phase {
             secs: (last - t0).as_secs_f64(),
             drain_secs: (last - first).as_secs_f64(),
@@ -396,9 +414,31 @@ impl Sub {
             own_cpu: cpu.own - cpu0.own,
             dupes,
             dupe_ids,
+            latency_ms,
         };
         self.stop();
         Ok(phase)
+    }
+
+    /// Median, 99th percentile and worst of each reading's time from `sent[i]` (reading `i`
+    /// published) to its first arrival here, ms.
+    fn latency_ms(&self, sent: &[Instant]) -> Result<[f64; 3]> {
+        let g = self.seen.lock().map_err(|_| anyhow!("poisoned"))?;
+        let mut ms = Vec::with_capacity(sent.len());
+        for (i, t) in sent.iter().enumerate() {
+            let at = g
+                .arrivals
+                .get(&sscc(self.tag, i))
+                .with_context(|| format!("reading {i} never arrived"))?;
+            ms.push(at.saturating_duration_since(*t).as_secs_f64() * 1e3);
+        }
+        ms.sort_by(f64::total_cmp);
+        let at = |q: usize| ms.get((ms.len() * q / 100).min(ms.len().saturating_sub(1)));
+        Ok([
+            at(50).copied().unwrap_or(0.0),
+            at(99).copied().unwrap_or(0.0),
+            ms.last().copied().unwrap_or(0.0),
+        ])
     }
 
     fn stop(self) {
@@ -507,14 +547,77 @@ fn readings_files(dir: &Path, n: usize, tag: u32) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The device: `mosquitto_pub -q 1 -l` fed each file in turn. Returns once it has published
-/// every line (each acknowledged by the site broker), with the time it took.
-fn flood(site: u16, files: &[PathBuf], dir: &Path) -> Result<f64> {
+/// How a phase's readings were published.
+struct Device {
+    /// How long the device took to hand all N to the site broker (each acknowledged).
+    secs: f64,
+    /// Paced (`RATE`): when each reading was published.
+    sent: Option<Vec<Instant>>,
+}
+
+/// The device flooding: `mosquitto_pub -q 1 -l` fed each file in turn. Returns once it has
+/// published every line (each acknowledged by the site broker).
+fn flood(site: u16, files: &[PathBuf], dir: &Path) -> Result<Device> {
     let start = Instant::now();
     for file in files {
         publish_file(site, file, dir)?;
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(Device {
+        secs: start.elapsed().as_secs_f64(),
+        sent: None,
+    })
+}
+
+/// The device at a site's pace: reading `i` of `tag` published (QoS 1) `i / rate` seconds after
+/// the start, by one MQTT client, noting when; returns once the site acknowledged them all.
+fn paced(site: u16, n: usize, tag: u32, rate: usize) -> Result<Device> {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let mut opts = rumqttc::MqttOptions::new("bench-device", "127.0.0.1", site);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut conn) = rumqttc::Client::new(opts, 1000);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let driver = {
+        let acked = acked.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        acked.fetch_add(1, Relaxed);
+                    }
+                    Ok(_) => {}
+                    // Disconnected: at the end, or the bench fails on the count below.
+                    Err(_) => break,
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut sent = Vec::with_capacity(n);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sent.push(Instant::now());
+        client.publish(TOPIC, rumqttc::QoS::AtLeastOnce, false, sscc(tag, i))?;
+    }
+    let mut last = 0;
+    wait_for(
+        "the site to acknowledge every paced reading",
+        DEADLINE,
+        || {
+            last = acked.load(Relaxed);
+            (last >= n).then_some(())
+        },
+    )
+    .map_err(|e| anyhow!("{e}: {last} of {n}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let _ = client.disconnect();
+    let _ = driver.join();
+    Ok(Device {
+        secs,
+        sent: Some(sent),
+    })
 }
 
 /// One `mosquitto_pub -q 1 -l` run over one file, to its end.
@@ -654,7 +757,7 @@ fn bridge_config(central: u16, round: usize) -> String {
 }
 
 /// One round of one side: (live, backlog).
-fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
+fn round(side: Side, round: usize, n: usize, rate: usize) -> Result<(Phase, Phase)> {
     let dir = tempfile::tempdir()?;
     let live_tag = (round * 2 % 10) as u32;
     let backlog_tag = ((round * 2 + 1) % 10) as u32;
@@ -697,15 +800,18 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
     let sub = Sub::start(central.port, side, &sub_id, live_tag, dir.path())?;
     sub.wait_subscribed(central.port)?;
     let t0 = (Instant::now(), Cpu::now(pid));
-    let publish_secs = flood(site.port, &live_files, dir.path())?;
-    let live = sub.finish(n, &what("live"), t0, publish_secs, pid)?;
+    let device = match rate {
+        0 => flood(site.port, &live_files, dir.path())?,
+        r => paced(site.port, n, live_tag, r)?,
+    };
+    let live = sub.finish(n, &what("live"), t0, device, pid)?;
     if let Some(a) = agent.as_mut() {
         a.wait("the live backlog to clear", DEADLINE, |s| s["backlog"] == 0)?;
     }
 
     // Backlog: central away while N readings arrive at the site.
     central.stop();
-    let publish_secs = flood(site.port, &backlog_files, dir.path())?;
+    let device = flood(site.port, &backlog_files, dir.path())?;
     match agent.as_mut() {
         Some(a) => a.wait(
             "the agent to store the backlog",
@@ -726,7 +832,7 @@ fn round(side: Side, round: usize, n: usize) -> Result<(Phase, Phase)> {
     let t0 = (Instant::now(), Cpu::now(pid));
     central.restart().context("restarting central")?;
     let sub = Sub::start(central.port, side, &sub_id, backlog_tag, dir.path())?;
-    let backlog = sub.finish(n, &what("backlog"), t0, publish_secs, pid)?;
+    let backlog = sub.finish(n, &what("backlog"), t0, device, pid)?;
     Ok((live, backlog))
 }
 
@@ -748,6 +854,10 @@ fn print_round(side: Side, r: usize, n: usize, live: &Phase, backlog: &Phase) {
             p.peak_kib as f64 / 1024.0,
             p.dupes
         );
+        if p.latency_ms[2] > 0.0 {
+            let [p50, p99, max] = p.latency_ms;
+            println!("           latency p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms");
+        }
     }
 }
 
@@ -778,6 +888,12 @@ fn best(rounds: &[(Phase, Phase)]) -> (Phase, Phase) {
             own_cpu: phases.iter().map(|p| p.own_cpu).fold(f64::MAX, f64::min),
             dupes: phases.iter().map(|p| p.dupes).sum(),
             dupe_ids: phases.iter().map(|p| p.dupe_ids).sum(),
+            latency_ms: std::array::from_fn(|k| {
+                phases
+                    .iter()
+                    .map(|p| p.latency_ms[k])
+                    .fold(f64::MAX, f64::min)
+            }),
         }
     };
     (pick(|r| r.0), pick(|r| r.1))
@@ -786,6 +902,7 @@ fn best(rounds: &[(Phase, Phase)]) -> (Phase, Phase) {
 fn main() -> Result<()> {
     let n = env_usize("N", 30_000)?;
     let rounds = env_usize("ROUNDS", 2)?.max(1);
+    let rate = env_usize("RATE", 0)?;
     let bin = agent_bin();
     if !bin.exists() {
         bail!(
@@ -820,7 +937,7 @@ fn main() -> Result<()> {
     }
     for r in 0..rounds {
         for (side, got) in results.iter_mut() {
-            let (live, backlog) = round(*side, r, n)
+            let (live, backlog) = round(*side, r, n, rate)
                 .with_context(|| format!("{} side, round {}", side.name(), r + 1))?;
             print_round(*side, r, n, &live, &backlog);
             got.push((live, backlog));
@@ -867,6 +984,19 @@ fn main() -> Result<()> {
             );
         }
         best_of.push((live, backlog));
+    }
+    if rate > 0 {
+        println!("live phase paced at {rate} readings/s: latency from the device's publish to central's subscriber (best round)");
+        for ((side, _), (live, _)) in results.iter().zip(&best_of) {
+            let [p50, p99, max] = live.latency_ms;
+            println!(
+                "{:<7} p50 {p50:>7.2} ms   p99 {p99:>7.2} ms   max {max:>7.2} ms   CPU per reading: machine {:>5.1} us, {} {:>5.1} us",
+                side.name(),
+                live.machine_cpu * 1e6 / n as f64,
+                own_name(*side),
+                live.own_cpu * 1e6 / n as f64
+            );
+        }
     }
     let [b, a] = best_of.as_slice() else {
         return Ok(());
