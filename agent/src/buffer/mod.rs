@@ -40,8 +40,7 @@
 //!
 //! Rows are written by exactly one thread (the writer, see `writer.rs`): it takes every command
 //! that queued up while the previous commit was in flight and commits them in one transaction
-//! with `Durability::Immediate` (group commit: a reading after a quiet spell commits at once;
-//! commits begin at most every `COMMIT_GAP`, 5 ms, so steady traffic shares fsyncs).
+//! with `Durability::Immediate` (group commit: no timer, a lone reading commits at once).
 //! An upstream acknowledgement removes the seq from its pending table; the `events` row stays for
 //! `storage.retain_delivered` (for replay) and is pruned after that.
 //!

@@ -87,18 +87,11 @@ enum Settle {
 /// An unreadable row's bytes carried by its exception, at most.
 const SET_ASIDE_RAW: usize = 4096;
 
-/// An acknowledgement-only group waits up to this long for a reading to share its commit (and
-/// commits as soon as one comes).
-const ACK_LINGER: Duration = Duration::from_millis(20);
-/// Commits begin at most this often. A reading after a quiet spell commits at once; under
-/// steady traffic what arrives meanwhile shares the next commit. Each commit costs an fsync:
-/// at a paced 1,000 readings/s, one commit per reading cost 300 us of agent CPU per reading
-/// (bridge bench `RATE=1000`, perf stat task-clock) and as many flash writes; spaced by 5 ms
-/// it is 90-95 us, for a median latency of 3.8 ms instead of 0.6 (p99 6.9 ms).
-const COMMIT_GAP: Duration = Duration::from_millis(5);
-/// ... unless the group holds this many commands already: a flood fills groups by itself, and
-/// holding them back would only make upstream's bursts larger than its window.
-const COMMIT_GAP_ENOUGH: usize = 64;
+/// An acknowledgement-only group waits up to this long for a reading to share its commit, and
+/// commits as soon as one comes. (Longer, or spacing every commit out to share fsyncs, let a
+/// crash send several times more events upstream again: acknowledged, not yet committed; the
+/// kill -9 acceptance test saw 52-110 against 6-16.)
+const ACK_LINGER: Duration = Duration::from_millis(2);
 /// ... unless it settles this many events already.
 const ACK_LINGER_MAX: usize = 4096;
 
@@ -350,7 +343,6 @@ pub fn spawn_writer(
         episode: None,
         own: Vec::new(),
         set_aside_asked: Default::default(),
-        last_commit: None,
         abandoned: 0,
     };
     let join = tokio::task::spawn_blocking(move || writer.run(rx, acks_rx));
@@ -392,8 +384,6 @@ struct Writer {
     abandoned: u64,
     /// Rows upstream asked to set aside since start (rare: damaged rows).
     set_aside_asked: std::collections::HashSet<u64>,
-    /// When the last group's commit began (see `COMMIT_GAP`).
-    last_commit: Option<Instant>,
 }
 
 /// Adds to `group` what is queued now: commands up to `max_group`, and every settlement.
@@ -414,37 +404,32 @@ fn gather(
     }
 }
 
-/// Gathers into `group` what queues until `until` (or, with `until_reading`, until a command
-/// that is not a settlement, such as a reading, joins it), while the group has room.
-fn collect_until(
-    until: Instant,
-    until_reading: bool,
+/// Gathers into an acknowledgement-only `group` what queues for up to `ACK_LINGER`, and stops
+/// as soon as a command that is not a settlement (a reading) joins it.
+fn linger(
     group: &mut Vec<Command>,
     rx: &mut mpsc::Receiver<Command>,
     acks: &mut mpsc::UnboundedReceiver<Settle>,
     max_group: usize,
 ) {
-    if (until_reading && settles_only(group) == usize::MAX) || Instant::now() >= until {
-        return;
-    }
     // The writer runs on a blocking thread of the runtime (`spawn_blocking`): it may wait on
     // the runtime's timer here.
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        std::thread::sleep(ACK_LINGER);
         gather(group, rx, acks, max_group);
         return;
     };
-    let deadline = tokio::time::Instant::from_std(until);
+    let deadline = tokio::time::Instant::now() + ACK_LINGER;
     while group.len() < max_group {
         match rt.block_on(tokio::time::timeout_at(deadline, rx.recv())) {
             Ok(Some(cmd)) => {
                 group.push(cmd);
                 gather(group, rx, acks, max_group);
-                if until_reading && settles_only(group) == usize::MAX {
+                if settles_only(group) == usize::MAX {
                     return;
                 }
             }
-            // Closed (shutdown: what is queued is in the group) or the time is up.
+            // Closed (shutdown: what is queued is in the group) or the linger is over.
             Ok(None) | Err(_) => break,
         }
     }
@@ -488,14 +473,8 @@ impl Writer {
                 // Only acknowledgements (and receipts to forget): they need no hurry (one lost
                 // in a crash means a resend), and a reading that arrives meanwhile shares the
                 // commit, so one fsync serves both. It does not wait for the rest of the linger.
-                let until = std::time::Instant::now() + ACK_LINGER;
-                collect_until(until, true, &mut group, &mut rx, &mut acks, max_group);
+                linger(&mut group, &mut rx, &mut acks, max_group);
             }
-            if let Some(until) = self.last_commit.map(|t| t + COMMIT_GAP) {
-                let enough = max_group.min(COMMIT_GAP_ENOUGH);
-                collect_until(until, false, &mut group, &mut rx, &mut acks, enough);
-            }
-            self.last_commit = Some(Instant::now());
             self.commit_group(&mut group);
             group.clear();
             if !self.own.is_empty() {
