@@ -1070,6 +1070,30 @@ mod tests {
         assert!(rest.reached_by(&more));
     }
 
+    /// A replay keeps to the same rule: delivered rows of 100 bytes read with a 250-byte limit
+    /// come three at a time, and the next read goes on at the first row not taken.
+    #[test]
+    fn a_replay_read_stops_at_the_byte_limit_and_goes_on_where_it_stopped() {
+        let (_dir, s) = store();
+        let rows: Vec<NewRow> = (1..=5).map(|i| row(i, i, vec![0; 100])).collect();
+        s.commit(&rows, &[], 6, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.commit(&[], &[1, 2, 3, 4, 5], 6, Capacity::unlimited())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let limit = ReadLimit {
+            rows: 10,
+            bytes: 250,
+        };
+        let read = |from| {
+            let (rows, next) = s
+                .delivered_in_window(from, 0, u64::MAX, limit, 100)
+                .unwrap_or_else(|e| panic!("{e}"));
+            (rows.iter().map(|r| r.seq).collect::<Vec<_>>(), next)
+        };
+        assert_eq!(read(1), (vec![1, 2, 3], Some(4)));
+        assert_eq!(read(4), (vec![4, 5], None));
+    }
+
     #[test]
     fn a_value_too_short_to_split_is_handed_to_upstream_whole() {
         let (_dir, s) = store();
